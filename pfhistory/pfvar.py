@@ -1,0 +1,136 @@
+"""PF's constants with OpenBSD's values, for the py-pf compatible API.
+
+Values come from OpenBSD's sys/net/pfvar.h (pfvar.h 1.543) and
+sys/netinet/tcp_fsm.h; see ../shared/reference/pf-formats.md section 5.7.
+They describe the record, so they never take the host's values.
+"""
+
+# Address families as the record stores them (OpenBSD sys/sys/socket.h).
+OPENBSD_AF_INET = 2
+OPENBSD_AF_INET6 = 24
+
+# enum { PF_INOUT, PF_IN, PF_OUT, PF_FWD }
+PF_INOUT = 0
+PF_IN = 1
+PF_OUT = 2
+PF_FWD = 3
+
+# enum { PF_SK_WIRE, PF_SK_STACK, PF_SK_BOTH }
+PF_SK_WIRE = 0
+PF_SK_STACK = 1
+PF_SK_BOTH = 2
+
+# enum { PF_PEER_SRC, PF_PEER_DST, PF_PEER_BOTH }
+PF_PEER_SRC = 0
+PF_PEER_DST = 1
+PF_PEER_BOTH = 2
+
+# struct pf_state state_flags (u16, big-endian in the record)
+PFSTATE_ALLOWOPTS = 0x0001
+PFSTATE_SLOPPY = 0x0002
+PFSTATE_PFLOW = 0x0004
+PFSTATE_NOSYNC = 0x0008
+PFSTATE_ACK = 0x0010
+PFSTATE_NODF = 0x0020
+PFSTATE_SETTOS = 0x0040
+PFSTATE_RANDOMID = 0x0080
+PFSTATE_SCRUB_TCP = 0x0100
+PFSTATE_SETPRIO = 0x0200
+PFSTATE_INP_UNLINKED = 0x0400
+PFSTATE_SCRUBMASK = PFSTATE_NODF | PFSTATE_RANDOMID | PFSTATE_SCRUB_TCP
+PFSTATE_SETMASK = PFSTATE_SETTOS | PFSTATE_SETPRIO
+
+# struct pfsync_state sync_flags
+PFSYNC_FLAG_SRCNODE = 0x04
+PFSYNC_FLAG_NATSRCNODE = 0x08
+
+# struct pfsync_state_scrub
+PFSYNC_SCRUB_FLAG_VALID = 0x01
+PFSS_TIMESTAMP = 0x0001
+
+# sys/netinet/tcp_fsm.h
+TCPS_CLOSED = 0
+TCPS_LISTEN = 1
+TCPS_SYN_SENT = 2
+TCPS_SYN_RECEIVED = 3
+TCPS_ESTABLISHED = 4
+TCPS_CLOSE_WAIT = 5
+TCPS_FIN_WAIT_1 = 6
+TCPS_CLOSING = 7
+TCPS_LAST_ACK = 8
+TCPS_FIN_WAIT_2 = 9
+TCPS_TIME_WAIT = 10
+TCP_NSTATES = 11
+PF_TCPS_PROXY_SRC = TCP_NSTATES + 0
+PF_TCPS_PROXY_DST = TCP_NSTATES + 1
+
+# tcpstates[] of tcp_fsm.h: what pfctl prints (note SYN_RCVD).
+TCP_STATE_NAMES = (
+    "CLOSED", "LISTEN", "SYN_SENT", "SYN_RCVD", "ESTABLISHED", "CLOSE_WAIT",
+    "FIN_WAIT_1", "CLOSING", "LAST_ACK", "FIN_WAIT_2", "TIME_WAIT",
+)
+
+PFUDPS_NO_TRAFFIC = 0
+PFUDPS_SINGLE = 1
+PFUDPS_MULTIPLE = 2
+PFUDPS_NSTATES = 3
+PFUDPS_NAMES = ("NO_TRAFFIC", "SINGLE", "MULTIPLE")
+
+PFOTHERS_NO_TRAFFIC = 0
+PFOTHERS_SINGLE = 1
+PFOTHERS_MULTIPLE = 2
+PFOTHERS_NSTATES = 3
+PFOTHERS_NAMES = ("NO_TRAFFIC", "SINGLE", "MULTIPLE")
+
+# enum pf_timeouts: the record's timeout byte indexes it.
+PFTM_TCP_FIRST_PACKET = 0
+PFTM_TCP_OPENING = 1
+PFTM_TCP_ESTABLISHED = 2
+PFTM_TCP_CLOSING = 3
+PFTM_TCP_FIN_WAIT = 4
+PFTM_TCP_CLOSED = 5
+PFTM_UDP_FIRST_PACKET = 6
+PFTM_UDP_SINGLE = 7
+PFTM_UDP_MULTIPLE = 8
+PFTM_ICMP_FIRST_PACKET = 9
+PFTM_ICMP_ERROR_REPLY = 10
+PFTM_OTHER_FIRST_PACKET = 11
+PFTM_OTHER_SINGLE = 12
+PFTM_OTHER_MULTIPLE = 13
+PFTM_FRAG = 14
+PFTM_INTERVAL = 15
+PFTM_ADAPTIVE_START = 16
+PFTM_ADAPTIVE_END = 17
+PFTM_SRC_NODE = 18
+PFTM_TS_DIFF = 19
+PFTM_MAX = 20
+PFTM_PURGE = 21
+PFTM_UNLINKED = 22
+
+# Window scaling byte of a peer.
+PF_WSCALE_FLAG = 0x80
+PF_WSCALE_MASK = 0x0f
+
+# log bits
+PF_LOG = 0x01
+PF_LOG_ALL = 0x02
+PF_LOG_USER = 0x04
+PF_LOG_FORCE = 0x08
+PF_LOG_MATCHES = 0x10
+
+# rt: enum { PF_NOPFROUTE, PF_ROUTETO, PF_DUPTO, PF_REPLYTO }
+PF_NOPFROUTE = 0
+PF_ROUTETO = 1
+PF_DUPTO = 2
+PF_REPLYTO = 3
+
+# enum { PF_ADDR_ADDRMASK, ... }: state addresses are always address/mask.
+PF_ADDR_ADDRMASK = 0
+
+# enum { PF_OP_NONE, ... }: state ports carry no comparison.
+PF_OP_NONE = 0
+
+# Unset rule/anchor numbers are htonl(-1).
+PF_RULE_NONE = 0xFFFFFFFF
+
+__all__ = [name for name in dir() if name.isupper()]

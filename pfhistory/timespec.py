@@ -1,0 +1,48 @@
+"""Times and durations as people type them: ISO 8601 and "90m", "2h", "3d".
+
+Naive times are local time; everything returned is timezone-aware UTC.
+"""
+
+import re
+from datetime import datetime, timedelta, timezone
+
+from pfhistory.exceptions import PFError
+
+__all__ = ["parse_duration", "parse_time", "format_time"]
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+
+
+def parse_duration(text, what="duration"):
+    """Seconds (float) for "45", "45s", "90m", "2h", "3d" or "1w"."""
+    m = _DURATION.match(str(text))
+    if not m:
+        raise PFError(f"{what} {text!r} is not a duration like 90s, 90m, 2h or 3d")
+    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+
+
+def parse_time(text, now=None, what="time"):
+    """An aware UTC datetime for an ISO 8601 time (local unless it has an
+    offset) or a duration back from now ("2h" = two hours ago)."""
+    text = str(text).strip()
+    if _DURATION.match(text) and not text.isdigit():
+        now = now or datetime.now(timezone.utc)
+        return now - timedelta(seconds=parse_duration(text, what))
+    candidate = text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text
+    try:
+        t = datetime.fromisoformat(candidate)
+    except ValueError:
+        raise PFError(
+            f"{what} {text!r} is not an ISO 8601 time (2026-11-24T22:00, "
+            f"2026-11-24 22:00+01:00) nor a duration back from now (90m, 2h, 3d)") from None
+    if t.tzinfo is None:
+        t = t.astimezone()  # naive: local time
+    return t.astimezone(timezone.utc)
+
+
+def format_time(t):
+    """A UTC datetime in local time with its offset, to the second."""
+    if t is None:
+        return "-"
+    return t.astimezone().isoformat(timespec="seconds")
