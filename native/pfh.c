@@ -25,6 +25,8 @@
 
 _Static_assert(PFH_RECORD_SIZE == sizeof(struct pfh_pfsync_state),
     "PFH_RECORD_SIZE matches the declared record");
+_Static_assert(PFH_BLOB_WIDTH == sizeof(struct pfh_addr) &&
+    PFH_BLOB_WIDTH == PFH_IFNAME_SIZE, "blob columns hold an address or a name");
 
 #ifdef __OpenBSD__
 /* On OpenBSD our declaration must match the kernel's, field by field. */
@@ -76,6 +78,7 @@ be64(const uint8_t *p)
 #define AT(rec, field) ((rec) + offsetof(struct pfh_pfsync_state, field))
 #define PEER_AT(peer, field) ((peer) + offsetof(struct pfh_state_peer, field))
 #define KEY_AT(key, field) ((key) + offsetof(struct pfh_state_key, field))
+#define BLOB(blob, n, i, c) ((blob) + ((size_t)(c) * (n) + (i)) * PFH_BLOB_WIDTH)
 
 /* Write one peer's 11 columns, starting at column first. */
 static void
@@ -124,7 +127,6 @@ pfh_decode(const uint8_t *buf, size_t n, uint64_t *u64, int64_t *num,
 		const uint8_t *r = buf + i * PFH_RECORD_SIZE;
 		const uint8_t *wire = AT(r, key);
 		const uint8_t *stack = wire + key_size;
-		uint8_t *b = blob + i * PFH_BLOB_SIZE;
 
 		/* id: htobe64 in pf_state_insert(); pfctl prints betoh64. */
 		u64[PFH_U64_ID * n + i] = be64(AT(r, id));
@@ -163,12 +165,15 @@ pfh_decode(const uint8_t *buf, size_t n, uint64_t *u64, int64_t *num,
 		decode_peer(AT(r, src), num, n, i, PFH_NUM_SRC_SEQLO);
 		decode_peer(AT(r, dst), num, n, i, PFH_NUM_DST_SEQLO);
 
-		memcpy(b + PFH_BLOB_IFNAME, AT(r, ifname), PFH_IFNAME_SIZE);
-		memcpy(b + PFH_BLOB_WIRE_ADDR0, KEY_AT(wire, addr), 16);
-		memcpy(b + PFH_BLOB_WIRE_ADDR1, KEY_AT(wire, addr) + 16, 16);
-		memcpy(b + PFH_BLOB_STACK_ADDR0, KEY_AT(stack, addr), 16);
-		memcpy(b + PFH_BLOB_STACK_ADDR1, KEY_AT(stack, addr) + 16, 16);
-		memcpy(b + PFH_BLOB_RT_ADDR, AT(r, rt_addr), 16);
+		memcpy(BLOB(blob, n, i, PFH_BLOB_IFNAME), AT(r, ifname), 16);
+		memcpy(BLOB(blob, n, i, PFH_BLOB_WIRE_ADDR0), KEY_AT(wire, addr), 16);
+		memcpy(BLOB(blob, n, i, PFH_BLOB_WIRE_ADDR1),
+		    KEY_AT(wire, addr) + 16, 16);
+		memcpy(BLOB(blob, n, i, PFH_BLOB_STACK_ADDR0), KEY_AT(stack, addr),
+		    16);
+		memcpy(BLOB(blob, n, i, PFH_BLOB_STACK_ADDR1),
+		    KEY_AT(stack, addr) + 16, 16);
+		memcpy(BLOB(blob, n, i, PFH_BLOB_RT_ADDR), AT(r, rt_addr), 16);
 	}
 }
 

@@ -88,23 +88,24 @@ enum pfh_num_column {
 };
 
 /*
- * Byte strings, copied as they are (addresses stay in network order):
- * record i's field f is at out[i * PFH_BLOB_SIZE + f].
+ * 16-byte strings, copied as they are (addresses stay in network order),
+ * also column by column: record i's field c is at out[(c * n + i) * 16].
  */
-enum pfh_blob_field {
-	PFH_BLOB_IFNAME = 0,		/* 16 bytes, NUL not guaranteed */
-	PFH_BLOB_WIRE_ADDR0 = 16,
-	PFH_BLOB_WIRE_ADDR1 = 32,
-	PFH_BLOB_STACK_ADDR0 = 48,
-	PFH_BLOB_STACK_ADDR1 = 64,
-	PFH_BLOB_RT_ADDR = 80,
-	PFH_BLOB_SIZE = 96
+enum pfh_blob_column {
+	PFH_BLOB_IFNAME,		/* NUL not guaranteed */
+	PFH_BLOB_WIRE_ADDR0,
+	PFH_BLOB_WIRE_ADDR1,
+	PFH_BLOB_STACK_ADDR0,
+	PFH_BLOB_STACK_ADDR1,
+	PFH_BLOB_RT_ADDR,
+	PFH_BLOB_NCOLUMNS
 };
+#define PFH_BLOB_WIDTH 16
 
 /*
  * Decode n records of buf (n * PFH_RECORD_SIZE bytes) with the byte order
  * pf_state_export() writes (sys/net/pf.c). u64 holds n * PFH_U64_NCOLUMNS
- * values, num n * PFH_NUM_NCOLUMNS, blob n * PFH_BLOB_SIZE bytes.
+ * values, num n * PFH_NUM_NCOLUMNS, blob n * PFH_BLOB_NCOLUMNS * 16 bytes.
  * Any bytes decode; nothing is validated here.
  */
 void pfh_decode(const uint8_t *buf, size_t n, uint64_t *u64, int64_t *num,

@@ -4,6 +4,8 @@ Everything else in pfhistory goes through the functions here, so the cffi
 objects never leak past this module.
 """
 
+import struct
+
 from pfhistory._pfh import ffi, lib
 
 __all__ = [
@@ -19,7 +21,8 @@ __all__ = [
 ]
 
 RECORD_SIZE = lib.PFH_RECORD_SIZE
-_BLOB_SIZE = lib.PFH_BLOB_SIZE
+_WIDTH = lib.PFH_BLOB_WIDTH
+_unpack_blob = struct.Struct(f"{_WIDTH}s").iter_unpack
 
 
 def _enum(prefix, exclude=()):
@@ -33,7 +36,7 @@ def _enum(prefix, exclude=()):
 
 U64_COLUMNS = _enum("PFH_U64_", exclude=("NCOLUMNS",))
 NUM_COLUMNS = _enum("PFH_NUM_", exclude=("NCOLUMNS",))
-BLOB_FIELDS = _enum("PFH_BLOB_", exclude=("SIZE",))
+BLOB_FIELDS = _enum("PFH_BLOB_", exclude=("NCOLUMNS", "WIDTH"))
 
 _new_uncleared = ffi.new_allocator(should_clear_after_alloc=False)
 _NO_OFFSET = int(ffi.cast("size_t", -1))
@@ -69,8 +72,8 @@ class Columns:
             c = U64_COLUMNS[name]
             values = self._u64[c * n:(c + 1) * n].tolist()
         elif name in BLOB_FIELDS:
-            off, blob = BLOB_FIELDS[name], self._blob
-            values = [blob[i:i + 16] for i in range(off, n * _BLOB_SIZE, _BLOB_SIZE)]
+            c = BLOB_FIELDS[name]
+            values = [v for (v,) in _unpack_blob(self._blob[c * n * _WIDTH:(c + 1) * n * _WIDTH])]
         else:
             raise KeyError(name)
         self._cache[name] = values
@@ -88,13 +91,13 @@ def decode(buf):
         return Columns(0, memoryview(b"").cast("Q"), memoryview(b"").cast("q"), b"")
     u64 = _new_uncleared("uint64_t[]", n * lib.PFH_U64_NCOLUMNS)
     num = _new_uncleared("int64_t[]", n * lib.PFH_NUM_NCOLUMNS)
-    blob = _new_uncleared("uint8_t[]", n * _BLOB_SIZE)
+    blob = _new_uncleared("uint8_t[]", n * lib.PFH_BLOB_NCOLUMNS * _WIDTH)
     lib.pfh_decode(ffi.from_buffer(buf), n, u64, num, blob)
     return Columns(
         n,
         memoryview(ffi.buffer(u64)).cast("B").cast("Q"),
         memoryview(ffi.buffer(num)).cast("B").cast("q"),
-        ffi.buffer(blob)[:],
+        memoryview(ffi.buffer(blob)),
     )
 
 
