@@ -25,8 +25,9 @@
 
 _Static_assert(PFH_RECORD_SIZE == sizeof(struct pfh_pfsync_state),
     "PFH_RECORD_SIZE matches the declared record");
-_Static_assert(PFH_BLOB_WIDTH == sizeof(struct pfh_addr) &&
-    PFH_BLOB_WIDTH == PFH_IFNAME_SIZE, "blob columns hold an address or a name");
+_Static_assert(PFH_UNIQ_SIZE == 2 + sizeof(struct pfh_addr) &&
+    sizeof(struct pfh_addr) == PFH_IFNAME_SIZE,
+    "interned values are an address or a name");
 
 #ifdef __OpenBSD__
 /* On OpenBSD our declaration must match the kernel's, field by field. */
@@ -78,103 +79,197 @@ be64(const uint8_t *p)
 #define AT(rec, field) ((rec) + offsetof(struct pfh_pfsync_state, field))
 #define PEER_AT(peer, field) ((peer) + offsetof(struct pfh_state_peer, field))
 #define KEY_AT(key, field) ((key) + offsetof(struct pfh_state_key, field))
-#define BLOB(blob, n, i, c) ((blob) + ((size_t)(c) * (n) + (i)) * PFH_BLOB_WIDTH)
 
 /* Write one peer's 11 columns, starting at column first. */
 static void
-decode_peer(const uint8_t *p, int64_t *num, size_t n, size_t i, int first)
+decode_peer(const uint8_t *p, int64_t *num, size_t stride, size_t i, int first)
 {
 	const uint8_t *scrub = PEER_AT(p, scrub);
 
 	/* pf_state_peer_hton(): htonl seq*, htons max_win/mss; u8 raw. */
-	num[(first + 0) * n + i] = be32(PEER_AT(p, seqlo));
-	num[(first + 1) * n + i] = be32(PEER_AT(p, seqhi));
-	num[(first + 2) * n + i] = be32(PEER_AT(p, seqdiff));
-	num[(first + 3) * n + i] = be16(PEER_AT(p, max_win));
-	num[(first + 4) * n + i] = be16(PEER_AT(p, mss));
-	num[(first + 5) * n + i] = p[offsetof(struct pfh_state_peer, state)];
-	num[(first + 6) * n + i] = p[offsetof(struct pfh_state_peer, wscale)];
+	num[(first + 0) * stride + i] = be32(PEER_AT(p, seqlo));
+	num[(first + 1) * stride + i] = be32(PEER_AT(p, seqhi));
+	num[(first + 2) * stride + i] = be32(PEER_AT(p, seqdiff));
+	num[(first + 3) * stride + i] = be16(PEER_AT(p, max_win));
+	num[(first + 4) * stride + i] = be16(PEER_AT(p, mss));
+	num[(first + 5) * stride + i] = p[offsetof(struct pfh_state_peer, state)];
+	num[(first + 6) * stride + i] = p[offsetof(struct pfh_state_peer, wscale)];
 	/* scrub: htons(pfss_flags), htonl(pfss_ts_mod); u8 raw. */
-	num[(first + 7) * n + i] = be16(scrub +
+	num[(first + 7) * stride + i] = be16(scrub +
 	    offsetof(struct pfh_state_scrub, pfss_flags));
-	num[(first + 8) * n + i] =
+	num[(first + 8) * stride + i] =
 	    scrub[offsetof(struct pfh_state_scrub, pfss_ttl)];
-	num[(first + 9) * n + i] =
+	num[(first + 9) * stride + i] =
 	    scrub[offsetof(struct pfh_state_scrub, scrub_flag)];
-	num[(first + 10) * n + i] = be32(scrub +
+	num[(first + 10) * stride + i] = be32(scrub +
 	    offsetof(struct pfh_state_scrub, pfss_ts_mod));
 }
 
 /* Write one key's port0, port1, rdomain and af columns. */
 static void
-decode_key(const uint8_t *k, int64_t *num, size_t n, size_t i, int first)
+decode_key(const uint8_t *k, int64_t *num, size_t stride, size_t i, int first)
 {
 	/* Ports are kept in network order by pf; rdomain is htons'd. */
-	num[(first + 0) * n + i] = be16(KEY_AT(k, port));
-	num[(first + 1) * n + i] = be16(KEY_AT(k, port) + 2);
-	num[(first + 2) * n + i] = be16(KEY_AT(k, rdomain));
-	num[(first + 3) * n + i] = k[offsetof(struct pfh_state_key, af)];
+	num[(first + 0) * stride + i] = be16(KEY_AT(k, port));
+	num[(first + 1) * stride + i] = be16(KEY_AT(k, port) + 2);
+	num[(first + 2) * stride + i] = be16(KEY_AT(k, rdomain));
+	num[(first + 3) * stride + i] = k[offsetof(struct pfh_state_key, af)];
 }
 
-void
-pfh_decode(const uint8_t *buf, size_t n, uint64_t *u64, int64_t *num,
-    uint8_t *blob)
+/* Open-addressing table of distinct 16-byte values, for interning. */
+struct interner {
+	uint32_t	*slots;		/* 0 = empty, else entry index + 1 */
+	size_t		 mask;
+	uint8_t		*uniq;
+	size_t		 count;
+};
+
+static inline uint64_t
+load64(const uint8_t *p)
 {
-	const size_t key_size = sizeof(struct pfh_state_key);
+	uint64_t v;
+
+	memcpy(&v, p, sizeof(v));
+	return v;
+}
+
+static size_t
+slot_of(const struct interner *t, const uint8_t *entry)
+{
+	uint64_t h = (load64(entry + 2) * 0x9e3779b97f4a7c15ULL) ^
+	    (load64(entry + 10) * 0xc2b2ae3d27d4eb4fULL) ^
+	    ((uint64_t)entry[0] << 8 | entry[1]);
+
+	h ^= h >> 29;
+	h *= 0xbf58476d1ce4e5b9ULL;
+	h ^= h >> 32;
+	return (size_t)h & t->mask;
+}
+
+/* Double the table once it is half full; -1 when memory runs out. */
+static int
+grow(struct interner *t)
+{
+	size_t size = (t->mask + 1) * 2, i, j;
+	uint32_t *slots = calloc(size, sizeof(*slots));
+
+	if (slots == NULL)
+		return -1;
+	free(t->slots);
+	t->slots = slots;
+	t->mask = size - 1;
+	for (j = 0; j < t->count; j++) {
+		for (i = slot_of(t, t->uniq + j * PFH_UNIQ_SIZE);
+		    slots[i] != 0; i = (i + 1) & t->mask)
+			;
+		slots[i] = (uint32_t)(j + 1);
+	}
+	return 0;
+}
+
+/* Index of (kind, af, value) in t->uniq, added if new; -1 on ENOMEM. */
+static int64_t
+intern(struct interner *t, uint8_t kind, uint8_t af, const uint8_t *value)
+{
+	uint8_t key[PFH_UNIQ_SIZE];
 	size_t i;
 
-	for (i = 0; i < n; i++) {
+	key[0] = kind;
+	key[1] = af;
+	memcpy(key + 2, value, 16);
+	for (i = slot_of(t, key);; i = (i + 1) & t->mask) {
+		uint32_t slot = t->slots[i];
+		uint8_t *e;
+
+		if (slot == 0)
+			break;
+		e = t->uniq + (size_t)(slot - 1) * PFH_UNIQ_SIZE;
+		if (memcmp(e, key, PFH_UNIQ_SIZE) == 0)
+			return slot - 1;
+	}
+	memcpy(t->uniq + t->count * PFH_UNIQ_SIZE, key, PFH_UNIQ_SIZE);
+	t->slots[i] = (uint32_t)++t->count;
+	if (t->count * 2 > t->mask && grow(t) == -1)
+		return -1;
+	return (int64_t)(t->count - 1);
+}
+
+size_t
+pfh_decode(const uint8_t *buf, size_t count, size_t stride, uint64_t *u64,
+    int64_t *num, uint8_t *uniq)
+{
+	const size_t key_size = sizeof(struct pfh_state_key);
+	struct interner t;
+	size_t i, size = 1024;
+
+	t.slots = calloc(size, sizeof(*t.slots));
+	if (t.slots == NULL)
+		return (size_t)-1;
+	t.mask = size - 1;
+	t.uniq = uniq;
+	t.count = 0;
+
+	for (i = 0; i < count; i++) {
 		const uint8_t *r = buf + i * PFH_RECORD_SIZE;
 		const uint8_t *wire = AT(r, key);
 		const uint8_t *stack = wire + key_size;
-
+		uint8_t waf = wire[offsetof(struct pfh_state_key, af)];
+		uint8_t saf = stack[offsetof(struct pfh_state_key, af)];
 		/* id: htobe64 in pf_state_insert(); pfctl prints betoh64. */
-		u64[PFH_U64_ID * n + i] = be64(AT(r, id));
+		u64[PFH_U64_ID * stride + i] = be64(AT(r, id));
 		/* pf_state_counter_hton(): htonl(high), htonl(low). */
-		u64[PFH_U64_PACKETS0 * n + i] = be64(AT(r, packets));
-		u64[PFH_U64_PACKETS1 * n + i] = be64(AT(r, packets) + 8);
-		u64[PFH_U64_BYTES0 * n + i] = be64(AT(r, bytes));
-		u64[PFH_U64_BYTES1 * n + i] = be64(AT(r, bytes) + 8);
+		u64[PFH_U64_PACKETS0 * stride + i] = be64(AT(r, packets));
+		u64[PFH_U64_PACKETS1 * stride + i] = be64(AT(r, packets) + 8);
+		u64[PFH_U64_BYTES0 * stride + i] = be64(AT(r, bytes));
+		u64[PFH_U64_BYTES1 * stride + i] = be64(AT(r, bytes) + 8);
 
-		num[PFH_NUM_CREATORID * n + i] = be32(AT(r, creatorid));
-		num[PFH_NUM_RULE * n + i] = be32(AT(r, rule));
-		num[PFH_NUM_ANCHOR * n + i] = be32(AT(r, anchor));
-		num[PFH_NUM_NAT_RULE * n + i] = be32(AT(r, nat_rule));
-		num[PFH_NUM_CREATION * n + i] = be32(AT(r, creation));
-		num[PFH_NUM_EXPIRE * n + i] = be32(AT(r, expire));
-		num[PFH_NUM_RTABLEID0 * n + i] = (int32_t)be32(AT(r, rtableid));
-		num[PFH_NUM_RTABLEID1 * n + i] =
+		num[PFH_NUM_CREATORID * stride + i] = be32(AT(r, creatorid));
+		num[PFH_NUM_RULE * stride + i] = be32(AT(r, rule));
+		num[PFH_NUM_ANCHOR * stride + i] = be32(AT(r, anchor));
+		num[PFH_NUM_NAT_RULE * stride + i] = be32(AT(r, nat_rule));
+		num[PFH_NUM_CREATION * stride + i] = be32(AT(r, creation));
+		num[PFH_NUM_EXPIRE * stride + i] = be32(AT(r, expire));
+		num[PFH_NUM_RTABLEID0 * stride + i] = (int32_t)be32(AT(r, rtableid));
+		num[PFH_NUM_RTABLEID1 * stride + i] =
 		    (int32_t)be32(AT(r, rtableid) + 4);
-		num[PFH_NUM_MAX_MSS * n + i] = be16(AT(r, max_mss));
-		num[PFH_NUM_AF * n + i] = *AT(r, af);
-		num[PFH_NUM_PROTO * n + i] = *AT(r, proto);
-		num[PFH_NUM_DIRECTION * n + i] = *AT(r, direction);
-		num[PFH_NUM_LOG * n + i] = *AT(r, log);
-		num[PFH_NUM_RT * n + i] = *AT(r, rt);
-		num[PFH_NUM_TIMEOUT * n + i] = *AT(r, timeout);
-		num[PFH_NUM_SYNC_FLAGS * n + i] = *AT(r, sync_flags);
-		num[PFH_NUM_UPDATES * n + i] = *AT(r, updates);
-		num[PFH_NUM_MIN_TTL * n + i] = *AT(r, min_ttl);
-		num[PFH_NUM_SET_TOS * n + i] = *AT(r, set_tos);
-		num[PFH_NUM_STATE_FLAGS * n + i] = be16(AT(r, state_flags));
-		num[PFH_NUM_SET_PRIO0 * n + i] = AT(r, set_prio)[0];
-		num[PFH_NUM_SET_PRIO1 * n + i] = AT(r, set_prio)[1];
+		num[PFH_NUM_MAX_MSS * stride + i] = be16(AT(r, max_mss));
+		num[PFH_NUM_AF * stride + i] = *AT(r, af);
+		num[PFH_NUM_PROTO * stride + i] = *AT(r, proto);
+		num[PFH_NUM_DIRECTION * stride + i] = *AT(r, direction);
+		num[PFH_NUM_LOG * stride + i] = *AT(r, log);
+		num[PFH_NUM_RT * stride + i] = *AT(r, rt);
+		num[PFH_NUM_TIMEOUT * stride + i] = *AT(r, timeout);
+		num[PFH_NUM_SYNC_FLAGS * stride + i] = *AT(r, sync_flags);
+		num[PFH_NUM_UPDATES * stride + i] = *AT(r, updates);
+		num[PFH_NUM_MIN_TTL * stride + i] = *AT(r, min_ttl);
+		num[PFH_NUM_SET_TOS * stride + i] = *AT(r, set_tos);
+		num[PFH_NUM_STATE_FLAGS * stride + i] = be16(AT(r, state_flags));
+		num[PFH_NUM_SET_PRIO0 * stride + i] = AT(r, set_prio)[0];
+		num[PFH_NUM_SET_PRIO1 * stride + i] = AT(r, set_prio)[1];
 
-		decode_key(wire, num, n, i, PFH_NUM_WIRE_PORT0);
-		decode_key(stack, num, n, i, PFH_NUM_STACK_PORT0);
-		decode_peer(AT(r, src), num, n, i, PFH_NUM_SRC_SEQLO);
-		decode_peer(AT(r, dst), num, n, i, PFH_NUM_DST_SEQLO);
+		decode_key(wire, num, stride, i, PFH_NUM_WIRE_PORT0);
+		decode_key(stack, num, stride, i, PFH_NUM_STACK_PORT0);
+		decode_peer(AT(r, src), num, stride, i, PFH_NUM_SRC_SEQLO);
+		decode_peer(AT(r, dst), num, stride, i, PFH_NUM_DST_SEQLO);
 
-		memcpy(BLOB(blob, n, i, PFH_BLOB_IFNAME), AT(r, ifname), 16);
-		memcpy(BLOB(blob, n, i, PFH_BLOB_WIRE_ADDR0), KEY_AT(wire, addr), 16);
-		memcpy(BLOB(blob, n, i, PFH_BLOB_WIRE_ADDR1),
-		    KEY_AT(wire, addr) + 16, 16);
-		memcpy(BLOB(blob, n, i, PFH_BLOB_STACK_ADDR0), KEY_AT(stack, addr),
-		    16);
-		memcpy(BLOB(blob, n, i, PFH_BLOB_STACK_ADDR1),
-		    KEY_AT(stack, addr) + 16, 16);
-		memcpy(BLOB(blob, n, i, PFH_BLOB_RT_ADDR), AT(r, rt_addr), 16);
+		if ((num[PFH_NUM_IFNAME_REF * stride + i] =
+		    intern(&t, PFH_UNIQ_IFNAME, 0, AT(r, ifname))) < 0 ||
+		    (num[PFH_NUM_WIRE_ADDR0_REF * stride + i] =
+		    intern(&t, PFH_UNIQ_ADDR, waf, KEY_AT(wire, addr))) < 0 ||
+		    (num[PFH_NUM_WIRE_ADDR1_REF * stride + i] =
+		    intern(&t, PFH_UNIQ_ADDR, waf, KEY_AT(wire, addr) + 16)) < 0 ||
+		    (num[PFH_NUM_STACK_ADDR0_REF * stride + i] =
+		    intern(&t, PFH_UNIQ_ADDR, saf, KEY_AT(stack, addr))) < 0 ||
+		    (num[PFH_NUM_STACK_ADDR1_REF * stride + i] =
+		    intern(&t, PFH_UNIQ_ADDR, saf, KEY_AT(stack, addr) + 16)) < 0 ||
+		    (num[PFH_NUM_RT_ADDR_REF * stride + i] =
+		    intern(&t, PFH_UNIQ_ADDR, *AT(r, af), AT(r, rt_addr))) < 0) {
+			free(t.slots);
+			return (size_t)-1;
+		}
 	}
+	free(t.slots);
+	return t.count;
 }
 
 void
@@ -241,6 +336,17 @@ pfh_fetch_states(int fd, uint8_t **buf_out, size_t *len_out, int *errno_out)
 	return PFH_ENOTSUPPORTED;
 }
 #endif
+
+size_t
+pfh_column_stride(size_t count)
+{
+	/*
+	 * Columns a whole number of pages apart map to the same cache sets, and
+	 * writing 60 of them record by record thrashes L1 (4K aliasing): make
+	 * consecutive columns start one cache line further into the page.
+	 */
+	return ((count + 511) & ~(size_t)511) + 8;
+}
 
 size_t
 pfh_record_size(void)

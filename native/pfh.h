@@ -11,9 +11,9 @@
 #define PFH_IFNAME_SIZE 16
 
 /*
- * Columns of decoded values. pfh_decode() writes N records column by column
- * (column c of record i at out[c * n + i]) so that Python can turn a column
- * into a list in one call. Every value is in host order.
+ * Columns of decoded values. pfh_decode() writes records column by column
+ * (column c of record i at out[c * stride + i]) so that Python can turn a
+ * column into a list in one call. Every value is in host order.
  */
 
 /* Unsigned 64-bit columns (may use all 64 bits). */
@@ -84,32 +84,54 @@ enum pfh_num_column {
 	PFH_NUM_DST_PFSS_TTL,
 	PFH_NUM_DST_SCRUB_FLAG,
 	PFH_NUM_DST_PFSS_TS_MOD,
+	/* indexes into the table of distinct 16-byte values */
+	PFH_NUM_IFNAME_REF,
+	PFH_NUM_WIRE_ADDR0_REF,
+	PFH_NUM_WIRE_ADDR1_REF,
+	PFH_NUM_STACK_ADDR0_REF,
+	PFH_NUM_STACK_ADDR1_REF,
+	PFH_NUM_RT_ADDR_REF,
 	PFH_NUM_NCOLUMNS
 };
 
 /*
- * 16-byte strings, copied as they are (addresses stay in network order),
- * also column by column: record i's field c is at out[(c * n + i) * 16].
+ * The 16-byte fields (interface name, the keys' four addresses, rt_addr)
+ * are interned: column PFH_NUM_*_REF of a record holds an index into a table
+ * of distinct values, each PFH_UNIQ_SIZE bytes: kind (PFH_UNIQ_IFNAME or
+ * PFH_UNIQ_ADDR), the af the address is read with (the key's af; the
+ * state's for rt_addr; 0 for a name), then the 16 bytes as they were.
+ * A table holds at most 6 entries per record.
  */
-enum pfh_blob_column {
-	PFH_BLOB_IFNAME,		/* NUL not guaranteed */
-	PFH_BLOB_WIRE_ADDR0,
-	PFH_BLOB_WIRE_ADDR1,
-	PFH_BLOB_STACK_ADDR0,
-	PFH_BLOB_STACK_ADDR1,
-	PFH_BLOB_RT_ADDR,
-	PFH_BLOB_NCOLUMNS
-};
-#define PFH_BLOB_WIDTH 16
+#define PFH_UNIQ_SIZE 18
+#define PFH_UNIQ_IFNAME 1
+#define PFH_UNIQ_ADDR 2
+#define PFH_UNIQ_PER_RECORD 6
+
+/* Most bytes pfh_format() writes for one record. */
+#define PFH_TEXT_MAX 1024
+/* Longest protocol name pfh_format() accepts. */
+#define PFH_PROTONAME_MAX 32
 
 /*
- * Decode n records of buf (n * PFH_RECORD_SIZE bytes) with the byte order
- * pf_state_export() writes (sys/net/pf.c). u64 holds n * PFH_U64_NCOLUMNS
- * values, num n * PFH_NUM_NCOLUMNS, blob n * PFH_BLOB_NCOLUMNS * 16 bytes.
- * Any bytes decode; nothing is validated here.
+ * Decode count records of buf (count * PFH_RECORD_SIZE bytes) with the byte
+ * order pf_state_export() writes (sys/net/pf.c). stride is
+ * pfh_column_stride(count); u64 holds stride * PFH_U64_NCOLUMNS values, num
+ * stride * PFH_NUM_NCOLUMNS, uniq count * PFH_UNIQ_PER_RECORD entries.
+ * Returns the number of distinct 16-byte values written to uniq, or
+ * (size_t)-1 if memory ran out. Any bytes decode; nothing is validated.
  */
-void pfh_decode(const uint8_t *buf, size_t n, uint64_t *u64, int64_t *num,
-    uint8_t *blob);
+size_t pfh_column_stride(size_t count);
+size_t pfh_decode(const uint8_t *buf, size_t count, size_t stride,
+    uint64_t *u64, int64_t *num, uint8_t *uniq);
+
+/*
+ * Write what OpenBSD's pfctl -ss (verbose 0), -ss -v (1) or -ss -vv (2)
+ * prints for count records to out (room for count * PFH_TEXT_MAX bytes).
+ * protonames[p] is the name of IP protocol p, or NULL to print the number.
+ * Returns the number of bytes written (no NUL).
+ */
+size_t pfh_format(const uint8_t *buf, size_t count, int verbose,
+    const char *const *protonames, char *out);
 
 /* Results of pfh_fetch_states(). */
 #define PFH_OK 0

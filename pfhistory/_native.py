@@ -1,4 +1,4 @@
-"""The only importer of the compiled module: column decoding and the live ioctl.
+"""The only importer of the compiled module: decoding, pfctl text, live ioctl.
 
 Everything else in pfhistory goes through the functions here, so the cffi
 objects never leak past this module.
@@ -10,19 +10,23 @@ from pfhistory._pfh import ffi, lib
 
 __all__ = [
     "RECORD_SIZE",
+    "TEXT_MAX",
     "U64_COLUMNS",
     "NUM_COLUMNS",
-    "BLOB_FIELDS",
+    "INTERNED_FIELDS",
     "Columns",
     "decode",
+    "NameTable",
+    "format_records",
     "fetch_live",
     "record_size",
     "field_offset",
 ]
 
 RECORD_SIZE = lib.PFH_RECORD_SIZE
-_WIDTH = lib.PFH_BLOB_WIDTH
-_unpack_blob = struct.Struct(f"{_WIDTH}s").iter_unpack
+TEXT_MAX = lib.PFH_TEXT_MAX
+UNIQ_IFNAME = lib.PFH_UNIQ_IFNAME
+UNIQ_ADDR = lib.PFH_UNIQ_ADDR
 
 
 def _enum(prefix, exclude=()):
@@ -36,10 +40,13 @@ def _enum(prefix, exclude=()):
 
 U64_COLUMNS = _enum("PFH_U64_", exclude=("NCOLUMNS",))
 NUM_COLUMNS = _enum("PFH_NUM_", exclude=("NCOLUMNS",))
-BLOB_FIELDS = _enum("PFH_BLOB_", exclude=("NCOLUMNS", "WIDTH"))
+# 16-byte fields, handed out as bytes through their *_ref column.
+INTERNED_FIELDS = tuple(name[:-4] for name in NUM_COLUMNS if name.endswith("_ref"))
 
 _new_uncleared = ffi.new_allocator(should_clear_after_alloc=False)
 _NO_OFFSET = int(ffi.cast("size_t", -1))
+_unpack_uniq = struct.Struct(f"BB{lib.PFH_UNIQ_SIZE - 2}s").iter_unpack
+_unpack_records = struct.Struct(f"{RECORD_SIZE}s").iter_unpack
 
 
 class Columns:
@@ -47,16 +54,34 @@ class Columns:
 
     Lists are built only for the fields a caller asks for, so a collector that
     needs addresses only for new states does not pay for them otherwise.
+    ``uniq`` lists the distinct 16-byte values as (kind, af, bytes); each
+    ``<field>_ref`` column indexes it, and ``<field>`` gives the bytes.
+    ``record`` gives each record's 264 bytes as they were read.
     """
 
-    __slots__ = ("n", "_u64", "_num", "_blob", "_cache")
+    __slots__ = ("n", "_stride", "_u64", "_num", "_uniq", "_data", "_cache")
 
-    def __init__(self, n, u64, num, blob):
+    def __init__(self, n, stride, u64, num, uniq, data):
         self.n = n
+        self._stride = stride
         self._u64 = u64
         self._num = num
-        self._blob = blob
+        self._uniq = uniq
+        self._data = data
         self._cache = {}
+
+    @property
+    def data(self):
+        """The whole records these columns were decoded from."""
+        return self._data
+
+    @property
+    def uniq(self):
+        """The distinct 16-byte values: (kind, af, 16 bytes) tuples."""
+        values = self._cache.get("uniq")
+        if values is None:
+            values = self._cache["uniq"] = list(_unpack_uniq(self._uniq))
+        return values
 
     def __getitem__(self, name):
         """The list of host-order values (or 16-byte strings) of one field."""
@@ -64,41 +89,75 @@ class Columns:
             return self._cache[name]
         except KeyError:
             pass
-        n = self.n
+        n, stride = self.n, self._stride
         if name in NUM_COLUMNS:
-            c = NUM_COLUMNS[name]
-            values = self._num[c * n:(c + 1) * n].tolist()
+            start = NUM_COLUMNS[name] * stride
+            values = self._num[start:start + n].tolist()
         elif name in U64_COLUMNS:
-            c = U64_COLUMNS[name]
-            values = self._u64[c * n:(c + 1) * n].tolist()
-        elif name in BLOB_FIELDS:
-            c = BLOB_FIELDS[name]
-            values = [v for (v,) in _unpack_blob(self._blob[c * n * _WIDTH:(c + 1) * n * _WIDTH])]
+            start = U64_COLUMNS[name] * stride
+            values = self._u64[start:start + n].tolist()
+        elif name in INTERNED_FIELDS:
+            raw = [value for _kind, _af, value in self.uniq]
+            values = list(map(raw.__getitem__, self[name + "_ref"]))
+        elif name == "uniq":
+            return self.uniq
+        elif name == "record":
+            values = [r for (r,) in _unpack_records(self._data)]
         else:
             raise KeyError(name)
         self._cache[name] = values
         return values
 
     def names(self):
-        """Every field name, in C declaration order within each group."""
-        return [*U64_COLUMNS, *NUM_COLUMNS, *BLOB_FIELDS]
+        """Every field name: numbers, then the 16-byte fields."""
+        return [*U64_COLUMNS, *NUM_COLUMNS, *INTERNED_FIELDS]
 
 
 def decode(buf):
     """Decode a bytes-like object holding whole 264-byte records into Columns."""
     n = len(buf) // RECORD_SIZE
     if n == 0:
-        return Columns(0, memoryview(b"").cast("Q"), memoryview(b"").cast("q"), b"")
-    u64 = _new_uncleared("uint64_t[]", n * lib.PFH_U64_NCOLUMNS)
-    num = _new_uncleared("int64_t[]", n * lib.PFH_NUM_NCOLUMNS)
-    blob = _new_uncleared("uint8_t[]", n * lib.PFH_BLOB_NCOLUMNS * _WIDTH)
-    lib.pfh_decode(ffi.from_buffer(buf), n, u64, num, blob)
+        empty = memoryview(b"")
+        return Columns(0, 0, empty.cast("Q"), empty.cast("q"), b"", b"")
+    stride = lib.pfh_column_stride(n)
+    u64 = _new_uncleared("uint64_t[]", stride * lib.PFH_U64_NCOLUMNS)
+    num = _new_uncleared("int64_t[]", stride * lib.PFH_NUM_NCOLUMNS)
+    uniq = _new_uncleared("uint8_t[]", n * lib.PFH_UNIQ_PER_RECORD * lib.PFH_UNIQ_SIZE)
+    count = lib.pfh_decode(ffi.from_buffer(buf), n, stride, u64, num, uniq)
+    if count == _NO_OFFSET:
+        raise MemoryError("decoding state records")
     return Columns(
         n,
+        stride,
         memoryview(ffi.buffer(u64)).cast("B").cast("Q"),
         memoryview(ffi.buffer(num)).cast("B").cast("q"),
-        memoryview(ffi.buffer(blob)),
+        ffi.buffer(uniq, count * lib.PFH_UNIQ_SIZE)[:],
+        buf[:n * RECORD_SIZE],
     )
+
+
+class NameTable:
+    """IP protocol names for pfh_format(), kept alive as C strings."""
+
+    def __init__(self, names):
+        self._strings = []
+        self.table = ffi.new("char *[256]")
+        for number, name in names.items():
+            raw = name.encode("ascii")
+            if 0 <= number < 256 and 0 < len(raw) <= lib.PFH_PROTONAME_MAX:
+                s = ffi.new("char[]", raw)
+                self._strings.append(s)
+                self.table[number] = s
+
+
+def format_records(buf, verbose, names):
+    """pfctl's text (str) for whole 264-byte records at verbosity 0, 1 or 2."""
+    n = len(buf) // RECORD_SIZE
+    if n == 0:
+        return ""
+    out = _new_uncleared("char[]", n * TEXT_MAX)
+    size = lib.pfh_format(ffi.from_buffer(buf), n, verbose, names.table, out)
+    return ffi.buffer(out, size)[:].decode("ascii")
 
 
 def fetch_live(fd):

@@ -7,7 +7,10 @@ decoded values into objects. Address families: the record says 2 or 24
 while ``record_af`` keeps the record's byte.
 """
 
+import gc
+import os
 import socket
+from contextlib import contextmanager
 from itertools import repeat
 from operator import itemgetter
 
@@ -146,9 +149,13 @@ class PFPort:
     __slots__ = ("num", "op", "proto")
 
     def __init__(self, num=0, proto=None, op=PF_OP_NONE):
-        self.num = (num, 0) if isinstance(num, int) else tuple(num)
-        self.op = op
-        self.proto = proto
+        setattr_ = object.__setattr__
+        setattr_(self, "num", (num, 0) if isinstance(num, int) else tuple(num))
+        setattr_(self, "op", op)
+        setattr_(self, "proto", proto)
+
+    def __setattr__(self, name, value):
+        raise AttributeError("PFPort is read-only: decoded ports are shared")
 
     def __bool__(self):
         return self.num[0] != 0
@@ -176,17 +183,6 @@ class PFPort:
 
     def __repr__(self):
         return f"PFPort({self.num[0]})"
-
-
-_PORTS = [None] * 65536
-
-
-def _ports_for(values):
-    """Make sure a shared PFPort exists for each port number in values."""
-    ports = _PORTS
-    for v in set(values):
-        if ports[v] is None:
-            ports[v] = PFPort(v)
 
 
 class PFStatePeer(tuple):
@@ -223,37 +219,111 @@ class PFStateKey(tuple):
         return f"PFStateKey({a[0]}:{p[0]}, {a[1]}:{p[1]}, rdomain={self[2]})"
 
 
-for _cls in (PFStatePeer, PFStateKey):
-    for _i, _name in enumerate(_cls._fields):
-        setattr(_cls, _name, property(itemgetter(_i), doc=f"{_name} (read-only)"))
-del _cls, _i, _name
-
-_PFSTATE_FIELDS = (
+# The flat values a PFState holds, in this order; nested objects (peers,
+# keys, pairs) are views made from them on access.
+_PEER_COLUMNS = PFStatePeer._fields
+_KEY_COLUMNS = ("addr0", "addr1", "port0", "port1", "rdomain", "af")
+_FLAT = (
     "id", "ifname", "rule", "anchor", "nat_rule", "creation", "expire",
-    "packets", "bytes", "creatorid", "af", "record_af", "proto", "direction",
-    "log", "rt", "rt_addr", "rtableid", "max_mss", "timeout", "sync_flags",
-    "updates", "min_ttl", "set_tos", "set_prio", "state_flags",
-    "src", "dst", "nk", "sk", "wire_key", "stack_key",
+    "packets0", "packets1", "bytes0", "bytes1", "creatorid", "af", "proto",
+    "direction", "log", "rt", "rt_addr", "rtableid0", "rtableid1", "max_mss",
+    "timeout", "sync_flags", "updates", "min_ttl", "set_tos", "set_prio0",
+    "set_prio1", "state_flags",
+    *("wire_" + f for f in _KEY_COLUMNS), *("stack_" + f for f in _KEY_COLUMNS),
+    *("src_" + f for f in _PEER_COLUMNS), *("dst_" + f for f in _PEER_COLUMNS),
+    "record",
 )
+_AT = {name: i for i, name in enumerate(_FLAT)}
 
 
-class PFState:
+def _key_view(first):
+    """A property building the PFStateKey whose six values start at first."""
+    get = itemgetter(*range(first, first + 6))
+
+    def key(self):
+        a0, a1, p0, p1, rdomain, af = get(self)
+        ports = _port_table()
+        return tuple.__new__(PFStateKey, ((a0, a1), (ports[p0], ports[p1]), rdomain,
+                                          _HOST_AF.get(af, af), af))
+    return key
+
+
+def _peer_view(first):
+    """A function building the PFStatePeer whose eleven values start at first."""
+    def peer(self):
+        return tuple.__new__(PFStatePeer, self[first:first + 11])
+    return peer
+
+
+_wire_key = _key_view(_AT["wire_addr0"])
+_stack_key = _key_view(_AT["stack_addr0"])
+_record_src = _peer_view(_AT["src_seqlo"])
+_record_dst = _peer_view(_AT["dst_seqlo"])
+_DIRECTION = _AT["direction"]
+_RECORD_AF = _AT["af"]
+_PROTO = _AT["proto"]
+
+
+class PFState(tuple):
     """One entry of PF's state table, with py-pf's attribute names.
 
     ``nk``/``sk`` and ``src``/``dst`` are oriented by direction as pfctl does;
     ``wire_key``/``stack_key`` are the record's key[PF_SK_WIRE] and
     key[PF_SK_STACK] as exported, before pfctl's ICMP display fix-up.
+    ``af`` is the host's socket constant, ``record_af`` the record's byte;
+    ``record`` is the 264-byte record itself, which pfctl's text is made from.
+
+    A flat tuple of decoded values underneath, so that a million states are
+    built at C speed and compare by value; the nested objects (peers, keys,
+    pairs) are made when an attribute asks for them. Read-only, like the
+    table it came from.
     """
 
-    __slots__ = _PFSTATE_FIELDS + ("__weakref__",)
-    _fields = _PFSTATE_FIELDS
+    __slots__ = ()
+    _fields = _FLAT
 
-    def __eq__(self, other):
-        if not isinstance(other, PFState):
-            return NotImplemented
-        return all(getattr(self, f) == getattr(other, f) for f in self._fields)
+    packets = property(itemgetter(_AT["packets0"], _AT["packets1"]),
+                       doc="(packets in the state's direction, packets back)")
+    bytes = property(itemgetter(_AT["bytes0"], _AT["bytes1"]),
+                     doc="(bytes in the state's direction, bytes back)")
+    rtableid = property(itemgetter(_AT["rtableid0"], _AT["rtableid1"]),
+                        doc="(wire rtable, stack rtable); -1 where unset")
+    set_prio = property(itemgetter(_AT["set_prio0"], _AT["set_prio1"]),
+                        doc="the two set-prio values")
+    wire_key = property(_wire_key, doc="key[PF_SK_WIRE] as exported")
+    stack_key = property(_stack_key, doc="key[PF_SK_STACK] as exported")
 
-    __hash__ = None
+    @property
+    def af(self):
+        """The host's socket.AF_INET / AF_INET6 for the record's af."""
+        af = self[_RECORD_AF]
+        return _HOST_AF.get(af, af)
+
+    @property
+    def src(self):
+        """The PFStatePeer pfctl shows first: the record's dst for PF_IN."""
+        return _record_src(self) if self[_DIRECTION] == PF_OUT else _record_dst(self)
+
+    @property
+    def dst(self):
+        """The other PFStatePeer."""
+        return _record_dst(self) if self[_DIRECTION] == PF_OUT else _record_src(self)
+
+    @property
+    def nk(self):
+        """The wire key for PF_OUT, the stack key for PF_IN (as pfctl)."""
+        return _wire_key(self) if self[_DIRECTION] == PF_OUT else _stack_key(self)
+
+    @property
+    def sk(self):
+        """The other key, with pfctl's ICMP display fix-up of its ports."""
+        out = self[_DIRECTION] == PF_OUT
+        sk = _stack_key(self) if out else _wire_key(self)
+        if self[_PROTO] in _ICMP_PROTOS:
+            nk_port = (_wire_key(self) if out else _stack_key(self))[1]
+            port = (nk_port[0], sk[1][1]) if out else (sk[1][0], nk_port[1])
+            sk = tuple.__new__(PFStateKey, (sk[0], port, sk[2], sk[3], sk[4]))
+        return sk
 
     def __str__(self):
         """What OpenBSD's ``pfctl -ss -vv`` prints for this state."""
@@ -263,123 +333,62 @@ class PFState:
         return f"<PFState id={self.id:016x} creatorid={self.creatorid:08x} {self.ifname}>"
 
 
-def _orient(direction, proto, wire, stack, src, dst):
-    """nk, sk, src, dst as pfctl's print_state() picks them by direction."""
-    if direction == PF_OUT:
-        nk, sk = wire, stack
-        if proto in _ICMP_PROTOS and sk[1][0] != nk[1][0]:
-            sk = tuple.__new__(PFStateKey, (sk[0], (nk[1][0], sk[1][1]), sk[2], sk[3], sk[4]))
-        return nk, sk, src, dst
-    nk, sk = stack, wire
-    if proto in _ICMP_PROTOS and sk[1][1] != nk[1][1]:
-        sk = tuple.__new__(PFStateKey, (sk[0], (sk[1][0], nk[1][1]), sk[2], sk[3], sk[4]))
-    return nk, sk, dst, src
+_PLAIN = ("id", "ifname", "rule", "anchor", "nat_rule", "creation", "expire",
+          "creatorid", "proto", "direction", "log", "rt", "rt_addr",
+          "max_mss", "timeout", "sync_flags", "updates", "min_ttl", "set_tos",
+          "state_flags", "record")
+for _name in _PLAIN:
+    setattr(PFState, _name, property(itemgetter(_AT[_name]), doc=f"{_name} (read-only)"))
+PFState.record_af = property(itemgetter(_RECORD_AF), doc="the record's af byte (24 = IPv6)")
+for _cls in (PFStatePeer, PFStateKey):
+    for _i, _name in enumerate(_cls._fields):
+        setattr(_cls, _name, property(itemgetter(_i), doc=f"{_name} (read-only)"))
+del _cls, _i, _name
+
+_ports = None
 
 
-def _addresses(afs, raws, cache):
-    """PFAddr objects for a column, sharing one object per distinct address."""
-    out = []
-    append = out.append
-    for key in zip(afs, raws):
-        a = cache.get(key)
-        if a is None:
-            a = cache[key] = PFAddr._from_record(*key)
-        append(a)
-    return out
+def _port_table():
+    """One shared PFPort per port number, made on first use."""
+    global _ports
+    if _ports is None:
+        _ports = [PFPort(v) for v in range(65536)]
+    return _ports
 
 
-def _peers(c, prefix):
-    names = [prefix + f for f in PFStatePeer._fields]
-    return list(map(tuple.__new__, repeat(PFStatePeer), zip(*(c[n] for n in names))))
+_UNIQ_ADDR = _native.UNIQ_ADDR
 
 
-def _keys(c, side, cache):
-    afs = c[side + "_af"]
-    a0 = _addresses(afs, c[side + "_addr0"], cache)
-    a1 = _addresses(afs, c[side + "_addr1"], cache)
-    p0, p1 = c[side + "_port0"], c[side + "_port1"]
-    _ports_for(p0)
-    _ports_for(p1)
-    ports = _PORTS
-    rows = zip(zip(a0, a1), [(ports[x], ports[y]) for x, y in zip(p0, p1)],
-               c[side + "_rdomain"], map(host_af, afs), afs)
-    return list(map(tuple.__new__, repeat(PFStateKey), rows))
-
-
-_ifname_cache = {}
-
-
-def _ifnames(raws):
-    cache = _ifname_cache
-    if len(cache) > 4096:  # hostile input: do not grow without bound
-        cache.clear()
-    out = []
-    append = out.append
-    for raw in raws:
-        name = cache.get(raw)
-        if name is None:
-            name = cache[raw] = ifname_text(raw)
-        append(name)
-    return out
+@contextmanager
+def _gc_paused():
+    """Pause the cyclic GC while building acyclic objects in bulk: with a
+    million tuples alive, its passes would take half the time."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def states_from_columns(c):
-    """Build PFState objects from decoded Columns (see pfhistory._native)."""
-    if c.n == 0:
+    """PFState objects for decoded columns: a mapping of field name to list
+    (pfhistory._native.Columns, or the same names rebuilt from history).
+    The 16-byte fields come as ``<name>_ref`` indexes into ``uniq``."""
+    if not c["id"]:
         return []
-    cache = {}
-    wire = _keys(c, "wire", cache)
-    stack = _keys(c, "stack", cache)
-    srcs = _peers(c, "src_")
-    dsts = _peers(c, "dst_")
-    rt_addrs = _addresses(c["af"], c["rt_addr"], cache)
-    new = object.__new__
-    cls = PFState
-    orient = _orient
-    out = []
-    append = out.append
-    for (id_, ifname, rule, anchor, nat_rule, creation, expire, p0, p1, b0, b1,
-         creatorid, af, proto, direction, log, rt, rt_addr, rt0, rt1, max_mss,
-         timeout, sync_flags, updates, min_ttl, set_tos, prio0, prio1,
-         state_flags, w, s, src, dst) in zip(
-            c["id"], _ifnames(c["ifname"]), c["rule"], c["anchor"], c["nat_rule"],
-            c["creation"], c["expire"], c["packets0"], c["packets1"], c["bytes0"],
-            c["bytes1"], c["creatorid"], c["af"], c["proto"], c["direction"], c["log"],
-            c["rt"], rt_addrs, c["rtableid0"], c["rtableid1"], c["max_mss"],
-            c["timeout"], c["sync_flags"], c["updates"], c["min_ttl"], c["set_tos"],
-            c["set_prio0"], c["set_prio1"], c["state_flags"], wire, stack, srcs, dsts):
-        st = new(cls)
-        st.id = id_
-        st.ifname = ifname
-        st.rule = rule
-        st.anchor = anchor
-        st.nat_rule = nat_rule
-        st.creation = creation
-        st.expire = expire
-        st.packets = (p0, p1)
-        st.bytes = (b0, b1)
-        st.creatorid = creatorid
-        st.af = _HOST_AF.get(af, af)
-        st.record_af = af
-        st.proto = proto
-        st.direction = direction
-        st.log = log
-        st.rt = rt
-        st.rt_addr = rt_addr
-        st.rtableid = (rt0, rt1)
-        st.max_mss = max_mss
-        st.timeout = timeout
-        st.sync_flags = sync_flags
-        st.updates = updates
-        st.min_ttl = min_ttl
-        st.set_tos = set_tos
-        st.set_prio = (prio0, prio1)
-        st.state_flags = state_flags
-        st.wire_key = w
-        st.stack_key = s
-        st.nk, st.sk, st.src, st.dst = orient(direction, proto, w, s, src, dst)
-        append(st)
-    return out
+    with _gc_paused():
+        # One object per distinct address or name of the chunk (interned in C).
+        objects = [PFAddr._from_record(af, raw) if kind == _UNIQ_ADDR else ifname_text(raw)
+                   for kind, af, raw in c["uniq"]]
+        get = objects.__getitem__
+        columns = [map(get, c[name + "_ref"]) if name + "_ref" in _REFS else c[name]
+                   for name in _FLAT]
+        return list(map(tuple.__new__, repeat(PFState), zip(*columns)))
+
+
+_REFS = frozenset(name + "_ref" for name in _native.INTERNED_FIELDS)
 
 
 def parse_states(data):
@@ -402,11 +411,21 @@ def iter_states(source, chunk_records=16384):
         yield from states_from_columns(columns)
 
 
+# What PacketFilter() reads when given no device: lets py-pf scripts run
+# unchanged against a state file on any system.
+DEVICE_ENV = "PFHISTORY_PF_DEVICE"
+
+
 class PacketFilter:
     """py-pf's entry point, for state tables: the live /dev/pf on OpenBSD, or
-    a ``pfctl -S`` state file on any system when ``dev`` names a regular file."""
+    a ``pfctl -S`` state file on any system when ``dev`` names a regular file.
 
-    def __init__(self, dev="/dev/pf"):
+    Without ``dev``, the path in $PFHISTORY_PF_DEVICE, else /dev/pf.
+    """
+
+    def __init__(self, dev=None):
+        if dev is None:
+            dev = os.environ.get(DEVICE_ENV) or "/dev/pf"
         self.dev = dev
 
     def get_states(self):

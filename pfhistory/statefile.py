@@ -55,18 +55,18 @@ def open_state_file(path):
         raise StateFileError(f"{path}: permission denied reading the state file") from None
     except OSError as e:
         raise StateFileError(f"{path}: cannot open the state file: {e.strerror}") from None
-    f = os.fdopen(fd, "rb", buffering=0)
     st = os.fstat(fd)
+    problem = None
     if stat.S_ISDIR(st.st_mode):
-        f.close()
-        raise StateFileError(f"{path}: is a directory, not a pfctl -S state file")
-    if not stat.S_ISREG(st.st_mode):
-        f.close()
-        raise StateFileError(f"{path}: not a regular file; give a pfctl -S state file")
-    if st.st_size % RECORD_SIZE:
-        f.close()
-        raise _size_error(path, st.st_size)
-    return f, st.st_size // RECORD_SIZE
+        problem = StateFileError(f"{path}: is a directory, not a pfctl -S state file")
+    elif not stat.S_ISREG(st.st_mode):
+        problem = StateFileError(f"{path}: not a regular file; give a pfctl -S state file")
+    elif st.st_size % RECORD_SIZE:
+        problem = _size_error(path, st.st_size)
+    if problem is not None:
+        os.close(fd)
+        raise problem
+    return os.fdopen(fd, "rb", buffering=0), st.st_size // RECORD_SIZE
 
 
 def read_chunks(path, chunk_records=16384):

@@ -1,0 +1,42 @@
+"""Shared test data: simulated firewalls written once per test session."""
+
+import os
+import subprocess
+import sys
+from datetime import datetime, timezone
+
+import pytest
+
+START = datetime(2026, 11, 24, 22, 0, tzinfo=timezone.utc)
+
+
+def run_cli(*args, env=None, input=None, cwd=None):
+    """Run `python -m pfhistory ARGS` as a user would; return CompletedProcess."""
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    return subprocess.run([sys.executable, "-m", "pfhistory", *map(str, args)],
+                          capture_output=True, text=True, env=full_env, input=input,
+                          cwd=cwd, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def small_series(tmp_path_factory):
+    """A 2,000-state firewall, five snapshots a minute apart, with ground truth."""
+    from pfhistory.simulate import SimulationConfig, simulate
+
+    out = tmp_path_factory.mktemp("small-series")
+    cfg = SimulationConfig(states=2000, interval=60.0, duration=240.0, seed=11,
+                           start=START, creatorid=0x1A2B3C4D, missing=())
+    return simulate(cfg, out, truth=True)
+
+
+@pytest.fixture(scope="session")
+def big_snapshot(tmp_path_factory):
+    """One snapshot of a 12,000-state firewall with ground truth."""
+    from pfhistory.simulate import SimulationConfig, simulate
+
+    out = tmp_path_factory.mktemp("big-snapshot")
+    cfg = SimulationConfig(states=12000, interval=60.0, duration=0.0, seed=5,
+                           start=START, creatorid=0x0BADCAFE, missing=())
+    return simulate(cfg, out, truth=True)
