@@ -194,6 +194,32 @@ intern(struct interner *t, uint8_t kind, uint8_t af, const uint8_t *value)
 	return (int64_t)(t->count - 1);
 }
 
+/* Mix one 64-bit word into h (a multiply-xorshift, as in splitmix64). */
+static inline uint64_t
+mix(uint64_t h, uint64_t v)
+{
+	h ^= v + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2);
+	h *= 0xbf58476d1ce4e5b9ULL;
+	return h ^ (h >> 31);
+}
+
+/* PFH_NUM_DYN_HASH: the changing fields, read as big-endian words. */
+static int64_t
+dyn_hash(const uint8_t *r)
+{
+	uint64_t h = 0x243f6a8885a308d3ULL;
+	size_t off;
+
+	for (off = 0; off < 2 * sizeof(struct pfh_state_peer); off += 8)
+		h = mix(h, be64(AT(r, src) + off));
+	for (off = 0; off < 32; off += 8)	/* packets[2][2], bytes[2][2] */
+		h = mix(h, be64(AT(r, packets) + off));
+	h = mix(h, ((uint64_t)*AT(r, timeout) << 48) |
+	    ((uint64_t)*AT(r, sync_flags) << 40) |
+	    ((uint64_t)*AT(r, updates) << 32) | be16(AT(r, state_flags)));
+	return (int64_t)h;
+}
+
 size_t
 pfh_decode(const uint8_t *buf, size_t count, size_t stride, uint64_t *u64,
     int64_t *num, uint8_t *uniq)
@@ -246,6 +272,7 @@ pfh_decode(const uint8_t *buf, size_t count, size_t stride, uint64_t *u64,
 		num[PFH_NUM_STATE_FLAGS * stride + i] = be16(AT(r, state_flags));
 		num[PFH_NUM_SET_PRIO0 * stride + i] = AT(r, set_prio)[0];
 		num[PFH_NUM_SET_PRIO1 * stride + i] = AT(r, set_prio)[1];
+		num[PFH_NUM_DYN_HASH * stride + i] = dyn_hash(r);
 
 		decode_key(wire, num, stride, i, PFH_NUM_WIRE_PORT0);
 		decode_key(stack, num, stride, i, PFH_NUM_STACK_PORT0);

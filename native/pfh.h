@@ -84,6 +84,13 @@ enum pfh_num_column {
 	PFH_NUM_DST_PFSS_TTL,
 	PFH_NUM_DST_SCRUB_FLAG,
 	PFH_NUM_DST_PFSS_TS_MOD,
+	/*
+	 * A 64-bit hash of the fields that change while a state lives, except
+	 * creation and expire: both peers, the counters, timeout, sync_flags,
+	 * updates and state_flags. Lets a collector see what changed without
+	 * keeping every value; stable across pfhistory versions.
+	 */
+	PFH_NUM_DYN_HASH,
 	/* indexes into the table of distinct 16-byte values */
 	PFH_NUM_IFNAME_REF,
 	PFH_NUM_WIRE_ADDR0_REF,

@@ -139,6 +139,209 @@ def _cmd_simulate(args):
     return 0
 
 
+def _add_db_option(p):
+    p.add_argument("--db", metavar="URL",
+                   help="SQLAlchemy URL or SQLite file path (default: $PFHISTORY_DB, "
+                        "else /var/db/pfhistory/history.db on OpenBSD)")
+
+
+def _add_collect(sub):
+    p = sub.add_parser(
+        "collect",
+        help="record the state table (or state files) into the history",
+        description="Record one collection per snapshot: the live table (/dev/pf, OpenBSD "
+                    "only) or each --from-file in order, dated --at or by the file's mtime. "
+                    "Quiet on success unless -v; one line and a non-zero exit on failure. "
+                    "A snapshot older than the newest collection is refused.",
+        epilog="Examples:\n  pfhistory collect                      # cron, every minute\n"
+               "  pfhistory collect --db /tmp/h.db --from-file /tmp/fw/states-*.pfstate -v\n",
+    )
+    _add_db_option(p)
+    p.add_argument("--from-file", nargs="+", metavar="PATH",
+                   help="pfctl -S state files, recorded in the order given")
+    p.add_argument("--at", metavar="TIME",
+                   help="when the snapshot was taken (ISO 8601, local unless an offset is "
+                        "given); default: now, or the file's mtime")
+    p.add_argument("--sample-retention", default="24h", metavar="DURATION",
+                   help="how long per-collection samples are kept (default 24h)")
+    p.add_argument("-v", "--verbose", action="store_true", help="one line per collection")
+    p.add_argument("--syslog", action="store_true",
+                   help="also send the outcome to syslog (daemon facility)")
+    p.set_defaults(func=_cmd_collect)
+
+
+def _cmd_collect(args):
+    from pfhistory import collector
+    from pfhistory.timespec import parse_duration
+
+    retention = parse_duration(args.sample_retention, "--sample-retention")
+    snapshots = _snapshots(args)
+    url, engine = _open_db(args.db, create=True)
+    try:
+        from pfhistory.db import require_current_schema
+
+        require_current_schema(engine, url, create=True)
+        for snapshot in snapshots:
+            result = collector.record_snapshot(engine, snapshot,
+                                               sample_retention=int(retention))
+            if args.verbose:
+                _say(args, f"{snapshot.origin}: collection {result.collection_id}: "
+                           f"{result.states} states, {result.inserted} new, "
+                           f"{result.updated} changed, {result.reopened} reopened, "
+                           f"{result.closed} closed, {result.samples} samples, "
+                           f"{result.duration_ms} ms")
+    finally:
+        engine.dispose()
+        _owner_only(url)
+    return 0
+
+
+def _snapshots(args):
+    """The snapshots to record, checked before anything is written."""
+    import time as _time
+
+    from pfhistory import live, statefile
+    from pfhistory.collector import Snapshot
+    from pfhistory.timespec import parse_time
+
+    at = int(parse_time(args.at, what="--at").timestamp()) if args.at else None
+    if not args.from_file:
+        if not live.is_openbsd():
+            raise PFError(live.NOT_OPENBSD + " (--from-file PATH)")
+        return [Snapshot(None, at if at is not None else int(_time.time()), live.DEFAULT_DEVICE)]
+    if at is not None and len(args.from_file) > 1:
+        raise PFError("--at gives one time; record one state file with it")
+    snapshots = []
+    for path in args.from_file:
+        f, _count = statefile.open_state_file(path)
+        with f:
+            mtime = int(os.fstat(f.fileno()).st_mtime)
+        snapshots.append(Snapshot(path, at if at is not None else mtime,
+                                  os.path.abspath(path)))
+    return snapshots
+
+
+def _open_db(db, create=False, readonly=False):
+    from pfhistory.db import open_engine, resolve_url
+
+    url = resolve_url(db)
+    return url, open_engine(url, create=create, readonly=readonly)
+
+
+def _owner_only(url):
+    from pfhistory.db import ensure_owner_only
+
+    ensure_owner_only(url)
+
+
+def _say(args, line):
+    print(line)
+    if getattr(args, "syslog", False):
+        _syslog(line)
+
+
+def _syslog(line, error=False):
+    try:
+        import syslog
+    except ImportError:  # pragma: no cover - not on Unix
+        return
+    syslog.openlog(PROG, 0, syslog.LOG_DAEMON)
+    syslog.syslog(syslog.LOG_ERR if error else syslog.LOG_INFO, line)
+    syslog.closelog()
+
+
+def _add_db(sub):
+    p = sub.add_parser(
+        "db",
+        help="manage the history database's schema (upgrade, current, history)",
+        description="The history's schema is owned by alembic migrations shipped with "
+                    "pfhistory. `collect` creates a new database at the newest schema and "
+                    "refuses an older one: run `pfhistory db upgrade` after upgrading.",
+        epilog="Examples:\n  pfhistory db upgrade --db /var/db/pfhistory/history.db\n"
+               "  pfhistory db current\n  pfhistory db history\n",
+    )
+    p.add_argument("action", choices=("upgrade", "current", "history"))
+    _add_db_option(p)
+    p.set_defaults(func=_cmd_db)
+
+
+def _cmd_db(args):
+    from pfhistory.db import schema_status, upgrade
+
+    if args.action == "history":
+        from alembic.script import ScriptDirectory
+
+        from pfhistory.db import alembic_config, resolve_url
+
+        script = ScriptDirectory.from_config(alembic_config(resolve_url(args.db)))
+        for rev in script.walk_revisions():
+            doc = (rev.doc or "").strip().splitlines()[0] if rev.doc else ""
+            print(f"{rev.down_revision or '<base>'} -> {rev.revision}"
+                  f"{' (head)' if rev.is_head else ''}, {doc}")
+        return 0
+    url, engine = _open_db(args.db, create=args.action == "upgrade")
+    try:
+        status, revision = schema_status(engine, url)
+        if args.action == "current":
+            print(f"{revision} ({status})" if revision else f"no schema ({status})")
+            return 0
+        if status == "foreign":
+            raise PFError(f"{url.render_as_string(hide_password=True)}: is not a pfhistory "
+                          f"database; not upgrading it")
+        if status == "newer":
+            raise PFError(f"{url.render_as_string(hide_password=True)}: its schema "
+                          f"({revision}) is newer than this pfhistory knows")
+        upgrade(engine, url)
+        print(f"{url.render_as_string(hide_password=True)}: schema at "
+              f"{schema_status(engine, url)[1]}")
+    finally:
+        engine.dispose()
+        _owner_only(url)
+    return 0
+
+
+def _add_prune(sub):
+    p = sub.add_parser(
+        "prune",
+        help="delete states that ended before a time",
+        description="Delete states that ended before TIME with their keys, peers and "
+                    "samples, in short batches (the write lock is never held for more than "
+                    "about a second), and hand freed space back incrementally: never a "
+                    "blocking full VACUUM.",
+        epilog="Examples:\n  pfhistory prune --before 90d\n"
+               "  pfhistory prune --before 2026-09-01 --db /var/db/pfhistory/history.db\n",
+    )
+    _add_db_option(p)
+    p.add_argument("--before", required=True, metavar="TIME",
+                   help="ISO 8601 time, or a duration back from now (90d)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=_cmd_prune)
+
+
+def _cmd_prune(args):
+    from pfhistory import retention
+    from pfhistory.db import require_current_schema
+    from pfhistory.timespec import parse_time
+
+    before = int(parse_time(args.before, what="--before").timestamp())
+    url, engine = _open_db(args.db)
+    try:
+        require_current_schema(engine, url)
+        states, addresses = retention.prune(engine, before)
+        if args.verbose:
+            print(f"pruned {states} states and {addresses} addresses")
+    finally:
+        engine.dispose()
+    return 0
+
+
+def _fail(args, message):
+    print(f"{PROG}: {message}", file=sys.stderr)
+    if getattr(args, "syslog", False):
+        _syslog(message, error=True)
+    return 1
+
+
 def build_parser():
     """The whole command line, for main() and the documentation test."""
     parser = _Parser(
@@ -152,18 +355,27 @@ def build_parser():
     sub.required = True
     _add_states(sub)
     _add_simulate(sub)
+    _add_collect(sub)
+    _add_db(sub)
+    _add_prune(sub)
     return parser
 
 
 def main(argv=None):
     """Run the command line; return the exit status."""
+    os.umask(0o077)  # databases, reports and snapshots: owner-only
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
     except PFError as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
-        return 1
+        return _fail(args, str(e))
+    except Exception as e:  # database errors a user can act on
+        from pfhistory.db import describe_db_error, is_db_error, resolve_url
+
+        if not is_db_error(e):
+            raise
+        return _fail(args, describe_db_error(e, resolve_url(getattr(args, "db", None))))
     except BrokenPipeError:
         # The reader (head, less) went away: not an error of ours.
         devnull = os.open(os.devnull, os.O_WRONLY)

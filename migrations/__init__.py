@@ -1,0 +1,1 @@
+"""pfhistory's alembic migrations (installed as the package pfhistory.migrations)."""

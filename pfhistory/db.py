@@ -1,0 +1,264 @@
+"""Where the history lives: database URLs, engines, SQLite pragmas, migrations.
+
+The embedded default is one SQLite file; any SQLAlchemy URL (PostgreSQL for
+fleets) can be given with --db or $PFHISTORY_DB. SQLite runs in WAL mode with
+a busy timeout so reports read while cron writes, synchronous=FULL so a
+power cut never loses a committed collection, and incremental auto-vacuum so
+pruning can hand space back without a blocking VACUUM. Files are created
+owner-only: state tables are sensitive.
+"""
+
+import os
+import sqlite3
+from importlib import resources
+import stat
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import create_engine, event, inspect
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+
+from pfhistory.exceptions import PFError
+
+__all__ = ["DatabaseError", "default_path", "resolve_url", "open_engine", "alembic_config",
+           "schema_status", "require_current_schema", "upgrade", "describe_db_error",
+           "BUSY_TIMEOUT_S", "write_transaction"]
+
+DB_ENV = "PFHISTORY_DB"
+BUSY_TIMEOUT_S = 30.0
+
+
+class DatabaseError(PFError):
+    """The history database cannot be used as asked."""
+
+
+def default_path():
+    """The embedded database's path on this system."""
+    if sys.platform.startswith("openbsd"):
+        return Path("/var/db/pfhistory/history.db")
+    if os.geteuid() == 0:
+        return Path("/var/lib/pfhistory/history.db")
+    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return Path(base) / "pfhistory" / "history.db"
+
+
+def resolve_url(db=None):
+    """A SQLAlchemy URL from --db, $PFHISTORY_DB or the default path.
+
+    A plain path (no "://") means a SQLite file.
+    """
+    text = db or os.environ.get(DB_ENV) or str(default_path())
+    if "://" not in text:
+        return make_url("sqlite://").set(database=os.path.abspath(text))
+    try:
+        return make_url(text)
+    except ArgumentError:
+        raise DatabaseError(f"--db {text!r} is not a database URL or path") from None
+
+
+def _is_sqlite(url):
+    return url.get_backend_name() == "sqlite"
+
+
+def _sqlite_file(url):
+    db = url.database
+    return None if not db or db == ":memory:" else Path(db)
+
+
+def _prepare_sqlite_file(path, create):
+    """Create the file's directory (0700) and the file (0600) if asked."""
+    if path.exists():
+        if path.is_dir():
+            raise DatabaseError(f"{path}: is a directory, not a database")
+        return
+    if not create:
+        raise DatabaseError(f"{path}: no such database (run `pfhistory collect` first)")
+    directory = path.parent
+    if not directory.exists():
+        try:
+            directory.mkdir(mode=0o700, parents=True)
+        except OSError as e:
+            raise DatabaseError(f"{directory}: cannot create the database directory: "
+                                f"{e.strerror}") from None
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise DatabaseError(f"{path}: cannot create the database: {e.strerror}") from None
+
+
+def _on_sqlite_connect(dbapi_conn, _record):
+    """Pragmas for every SQLite connection (see the module docstring)."""
+    dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+    cur = dbapi_conn.cursor()
+    cur.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+    cur.execute("PRAGMA foreign_keys = ON")
+    cur.execute("PRAGMA synchronous = FULL")
+    try:
+        if cur.execute("PRAGMA page_count").fetchone()[0] == 0:
+            # Only a new database can switch; it must happen before any table.
+            cur.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        cur.execute("PRAGMA journal_mode = WAL")
+    except sqlite3.OperationalError:
+        pass  # read-only file or directory: readers still work
+    cur.close()
+
+
+def _on_sqlite_begin(conn):
+    """BEGIN IMMEDIATE for writers: take the write lock up front, so a second
+    collector waits (busy_timeout) instead of failing half-way."""
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("writer") else "BEGIN")
+
+
+def open_engine(url, create=False, readonly=False):
+    """An Engine for url; creates a missing SQLite file only if create."""
+    if _is_sqlite(url):
+        path = _sqlite_file(url)
+        if path is not None:
+            _prepare_sqlite_file(path, create)
+            if readonly:
+                url = make_url(f"sqlite:///file:{path}?mode=ro&uri=true")
+        engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
+        event.listen(engine, "connect", _on_sqlite_connect)
+        event.listen(engine, "begin", _on_sqlite_begin)
+        return engine
+    try:
+        return create_engine(url, pool_pre_ping=True)
+    except (NoSuchModuleError, ImportError) as e:
+        raise DatabaseError(f"no driver for {url.get_backend_name()!r} databases "
+                            f"is installed ({e})") from None
+
+
+@contextmanager
+def write_transaction(engine):
+    """A connection in one write transaction (BEGIN IMMEDIATE on SQLite)."""
+    with engine.connect() as conn:
+        conn.info["writer"] = True
+        try:
+            with conn.begin():
+                yield conn
+        finally:
+            conn.info["writer"] = False
+
+
+def alembic_config(url):
+    """alembic's Config, built in code: our migrations, this database."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(resources.files("pfhistory.migrations")))
+    cfg.set_main_option("sqlalchemy.url", url.render_as_string(hide_password=False)
+                        .replace("%", "%%"))
+    return cfg
+
+
+def _heads(url):
+    from alembic.script import ScriptDirectory
+
+    return set(ScriptDirectory.from_config(alembic_config(url)).get_heads())
+
+
+def _known_revisions(url):
+    from alembic.script import ScriptDirectory
+
+    return {r.revision for r in ScriptDirectory.from_config(alembic_config(url)).walk_revisions()}
+
+
+def schema_status(engine, url):
+    """("empty" | "current" | "old" | "newer" | "foreign", revision or None)."""
+    from alembic.migration import MigrationContext
+
+    with engine.connect() as conn:
+        tables = set(inspect(conn).get_table_names())
+        current = MigrationContext.configure(conn).get_current_revision()
+    if not tables:
+        return "empty", None
+    if current is None:
+        return "foreign", None
+    if current in _heads(url):
+        return "current", current
+    if current in _known_revisions(url):
+        return "old", current
+    return "newer", current
+
+
+def _shown(url):
+    return url.render_as_string(hide_password=True)
+
+
+def require_current_schema(engine, url, create=False):
+    """Make sure the schema is this pfhistory's head; create it on an empty
+    database when create. An older schema is refused with the command that
+    upgrades it (a migration on a big history is the admin's decision)."""
+    status, revision = schema_status(engine, url)
+    if status == "current":
+        return
+    if status == "empty":
+        if not create:
+            raise DatabaseError(f"{_shown(url)}: the database is empty: no history recorded yet")
+        upgrade(engine, url)
+        return
+    if status == "foreign":
+        raise DatabaseError(f"{_shown(url)}: is not a pfhistory database "
+                            f"(it has tables but no pfhistory schema version)")
+    if status == "newer":
+        raise DatabaseError(f"{_shown(url)}: its schema ({revision}) is newer than this "
+                            f"pfhistory knows; upgrade pfhistory")
+    raise DatabaseError(f"{_shown(url)}: its schema ({revision}) is older than this "
+                        f"pfhistory's; run: pfhistory db upgrade --db {_shown(url)}")
+
+
+def upgrade(engine, url, revision="head"):
+    """Run the migrations up to revision on this engine's database."""
+    from alembic import command
+
+    cfg = alembic_config(url)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+
+
+def describe_db_error(exc, url):
+    """One sentence for a database error a user can act on."""
+    shown = _shown(url)
+    orig = getattr(exc, "orig", exc)
+    text = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    lowered = text.lower()
+    if "disk is full" in lowered or "database or disk is full" in lowered:
+        return f"{shown}: the disk is full; nothing of this run was recorded"
+    if "readonly" in lowered or "read-only" in lowered:
+        return f"{shown}: the database is read-only; nothing was recorded"
+    if "database is locked" in lowered:
+        return (f"{shown}: another pfhistory is writing; gave up after waiting "
+                f"{BUSY_TIMEOUT_S:.0f} s, nothing was recorded")
+    if "file is not a database" in lowered or "malformed" in lowered:
+        return f"{shown}: is not a pfhistory database (not a readable SQLite file)"
+    if "unable to open database" in lowered:
+        return f"{shown}: cannot open the database file"
+    if isinstance(orig, OSError) and orig.strerror:
+        return f"{shown}: {orig.strerror}"
+    return f"{shown}: database error: {text}"
+
+
+def ensure_owner_only(url):
+    """chmod 0600 the SQLite file and its WAL/SHM companions if they exist."""
+    if not _is_sqlite(url):
+        return
+    path = _sqlite_file(url)
+    if path is None:
+        return
+    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            if stat.S_IMODE(p.stat().st_mode) & 0o077:
+                p.chmod(0o600)
+        except OSError:
+            pass
+
+
+def is_db_error(exc):
+    """True for errors that come from the database rather than from us."""
+    return isinstance(exc, (DBAPIError, sqlite3.Error))

@@ -1,0 +1,226 @@
+"""The history's tables, as SQLAlchemy 2 declarative models (alembic owns them).
+
+Conventions, chosen for a firewall's small disk and for PostgreSQL fleets:
+- instants are INTEGER seconds since the epoch, UTC (the views show them as text);
+- collections are referred to by id (first_seen, last_seen, ended_before);
+- addresses live once each in ``addresses`` (text for people, a 4- or
+  16-byte binary form whose order is numeric, for CIDR range scans);
+- 64-bit values PF treats as unsigned (state id) are stored as signed
+  two's complement (PostgreSQL has no unsigned BIGINT); counters beyond
+  2**63 - 1 are stored as 2**63 - 1;
+- a state's current values live in ``states``/``state_peers``; when they
+  change, the previous values move to ``samples`` with the collections
+  they held for, so any collection inside the sample retention can be
+  rebuilt exactly.
+"""
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = ["Base", "Collection", "Address", "State", "StateKey", "StatePeer", "Sample",
+           "Setting", "PEER_FIELDS", "DYNAMIC_STATE_FIELDS"]
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# The PFStatePeer fields, in py-pf's order.
+PEER_FIELDS = ("seqlo", "seqhi", "seqdiff", "max_win", "mss", "state", "wscale",
+               "pfss_flags", "pfss_ttl", "scrub_flag", "pfss_ts_mod")
+# State fields that may change while it lives (besides its two peers).
+DYNAMIC_STATE_FIELDS = ("created_at", "expires_at", "packets0", "packets1", "bytes0",
+                        "bytes1", "timeout", "sync_flags", "updates", "state_flags")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+def _int(**kw):
+    return mapped_column(Integer, **kw)
+
+
+def _big(**kw):
+    return mapped_column(BigInteger, **kw)
+
+
+def _small(**kw):
+    return mapped_column(SmallInteger, **kw)
+
+
+class Collection(Base):
+    """One run of the collector: one snapshot of the table, and its aggregates."""
+
+    __tablename__ = "collections"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    collected_at: Mapped[int] = _big(index=True, doc="when the snapshot was taken (epoch s, UTC)")
+    source: Mapped[str] = mapped_column(Text, doc="'/dev/pf' or the state file's path")
+    host: Mapped[str] = mapped_column(Text, doc="the collector's host name")
+    creatorid: Mapped[int | None] = _big(doc="the firewall's hostid (most states' creatorid)")
+    states: Mapped[int] = _int(doc="states in the snapshot")
+    inserted: Mapped[int] = _int(doc="states seen for the first time")
+    updated: Mapped[int] = _int(doc="states whose values changed")
+    reopened: Mapped[int] = _int(doc="states seen again after a collection missed them")
+    closed: Mapped[int] = _int(doc="states the previous collection saw and this one did not")
+    packets: Mapped[int] = _big(doc="packets moved since the previous collection")
+    bytes: Mapped[int] = _big(doc="bytes moved since the previous collection")
+    samples: Mapped[int] = _int(doc="sample rows written")
+    duration_ms: Mapped[int] = _int(doc="how long recording took")
+
+
+class Address(Base):
+    """Each distinct address once: text for people, binary for range scans."""
+
+    __tablename__ = "addresses"
+    __table_args__ = (UniqueConstraint("af", "bin"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    af: Mapped[int] = _small(doc="2 = IPv4, 24 = IPv6 (OpenBSD's values)")
+    bin: Mapped[bytes] = mapped_column(LargeBinary, doc="4 bytes (IPv4) or 16, network order")
+    text: Mapped[str] = mapped_column(Text, index=True, doc="as pfctl prints it")
+
+
+class State(Base):
+    """One PF state identity (creatorid, id) with every PFState field."""
+
+    __tablename__ = "states"
+    __table_args__ = (
+        UniqueConstraint("creatorid", "state_id"),
+        Index("ix_states_first_seen_at", "first_seen_at"),
+        Index("ix_states_ended_before_at", "ended_before_at"),
+        Index("ix_states_rule", "rule"),
+        Index("ix_states_ifname", "ifname"),
+    )
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    creatorid: Mapped[int] = _big()
+    state_id: Mapped[int] = _big(doc="PF's 64-bit id, as signed two's complement")
+    ifname: Mapped[str] = mapped_column(Text)
+    rule: Mapped[int] = _big(doc="4294967295 = none")
+    anchor: Mapped[int] = _big()
+    nat_rule: Mapped[int] = _big()
+    proto: Mapped[int] = _small()
+    direction: Mapped[int] = _small(doc="1 = in, 2 = out")
+    af: Mapped[int] = _small()
+    log: Mapped[int] = _small()
+    rt: Mapped[int] = _small()
+    rt_addr: Mapped[int | None] = _int(doc="addresses.id of the route-to next hop")
+    rtableid0: Mapped[int] = _int()
+    rtableid1: Mapped[int] = _int()
+    max_mss: Mapped[int] = _int()
+    min_ttl: Mapped[int] = _small()
+    set_tos: Mapped[int] = _small()
+    set_prio0: Mapped[int] = _small()
+    set_prio1: Mapped[int] = _small()
+    # current (last observed) values
+    created_at: Mapped[int] = _big(doc="collection time minus the state's age")
+    expires_at: Mapped[int] = _big(doc="collection time plus its expiry")
+    packets0: Mapped[int] = _big()
+    packets1: Mapped[int] = _big()
+    bytes0: Mapped[int] = _big()
+    bytes1: Mapped[int] = _big()
+    timeout: Mapped[int] = _small()
+    sync_flags: Mapped[int] = _small()
+    updates: Mapped[int] = _small()
+    state_flags: Mapped[int] = _int()
+    dyn_hash: Mapped[int] = _big(doc="hash of the peers and counters, to see changes")
+    values_since: Mapped[int] = _int(doc="collection from which the current values hold")
+    # lifetime
+    first_seen: Mapped[int] = _int(doc="first collection that saw it")
+    first_seen_at: Mapped[int] = _big()
+    last_seen: Mapped[int | None] = _int(doc="last collection that saw it; NULL while open")
+    last_seen_at: Mapped[int | None] = _big()
+    ended_before: Mapped[int | None] = _int(doc="first collection that did not; NULL while open")
+    ended_before_at: Mapped[int | None] = _big()
+
+
+class StateKey(Base):
+    """The wire (side 0) and stack (side 1) key of a state, as exported."""
+
+    __tablename__ = "state_keys"
+    __table_args__ = (
+        Index("ix_state_keys_addr0", "addr0"),
+        Index("ix_state_keys_addr1", "addr1"),
+        Index("ix_state_keys_port0", "port0"),
+        Index("ix_state_keys_port1", "port1"),
+        {"sqlite_with_rowid": False},
+    )
+
+    state_pk: Mapped[int] = mapped_column(
+        Integer, ForeignKey("states.pk", ondelete="CASCADE"), primary_key=True)
+    side: Mapped[int] = mapped_column(SmallInteger, primary_key=True,
+                                      doc="0 = PF_SK_WIRE, 1 = PF_SK_STACK")
+    af: Mapped[int] = _small()
+    addr0: Mapped[int] = _int(doc="addresses.id")
+    port0: Mapped[int] = _int()
+    addr1: Mapped[int] = _int(doc="addresses.id")
+    port1: Mapped[int] = _int()
+    rdomain: Mapped[int] = _int()
+
+
+def _peer_columns(prefix=""):
+    """The 11 PFStatePeer columns (u32 fields as BIGINT)."""
+    wide = ("seqlo", "seqhi", "seqdiff", "pfss_ts_mod")
+    return [Column(prefix + name, BigInteger if name in wide else Integer, nullable=False)
+            for name in PEER_FIELDS]
+
+
+class StatePeer(Base):
+    """The record's src (side 0) and dst (side 1) peer, current values."""
+
+    __table__ = Table(
+        "state_peers", Base.metadata,
+        Column("state_pk", Integer, ForeignKey("states.pk", ondelete="CASCADE"),
+               primary_key=True),
+        Column("side", SmallInteger, primary_key=True,
+               doc="0 = the record's src, 1 = its dst"),
+        *_peer_columns(),
+        sqlite_with_rowid=False,
+    )
+
+
+class Sample(Base):
+    """A state's earlier values, valid from one collection until another."""
+
+    __table__ = Table(
+        "samples", Base.metadata,
+        Column("state_pk", Integer, ForeignKey("states.pk", ondelete="CASCADE"),
+               primary_key=True),
+        Column("valid_until", Integer, primary_key=True,
+               doc="first collection with newer values"),
+        Column("valid_from", Integer, nullable=False),
+        Column("present", SmallInteger, nullable=False,
+               doc="1: in those collections with these values; 0: absent from them"),
+        *[Column(name, Integer if name in ("timeout", "sync_flags", "updates", "state_flags")
+                 else BigInteger, nullable=False) for name in DYNAMIC_STATE_FIELDS],
+        *_peer_columns("src_"),
+        *_peer_columns("dst_"),
+        Index("ix_samples_valid_until", "valid_until"),
+        sqlite_with_rowid=False,
+    )
+
+
+class Setting(Base):
+    """Settings kept with the history (sample retention)."""
+
+    __tablename__ = "settings"
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    value: Mapped[str] = mapped_column(Text)

@@ -1,0 +1,311 @@
+"""Every SQL statement pfhistory runs, in one place, always with bound parameters.
+
+The collector's bulk paths hand lists of tuples straight to the DBAPI's
+executemany (through SQLAlchemy's connection) and do set-wise work in SQL
+(UPDATE ... FROM a staging table), which SQLite >= 3.33 and PostgreSQL both
+understand. Placeholders follow the driver's paramstyle.
+"""
+
+from sqlalchemy import delete, func, select, text, update
+
+from pfhistory.models import (
+    DYNAMIC_STATE_FIELDS,
+    PEER_FIELDS,
+    Address,
+    Collection,
+    Sample,
+    Setting,
+    State,
+    StateKey,
+    StatePeer,
+)
+
+__all__ = [
+    "STATE_COLUMNS", "KEY_COLUMNS", "PEER_COLUMNS", "STAGED_COLUMNS",
+    "latest_collection", "next_ids", "insert_collection", "finish_collection",
+    "open_states", "closed_states_by_key", "address_ids", "insert_addresses",
+    "insert_states", "insert_keys", "insert_peers", "stage", "apply_staged",
+    "close_states", "reopen_states", "expire_samples", "prune_states_batch",
+    "prune_orphan_addresses", "get_setting", "set_setting", "counts",
+]
+
+# Column orders of the rows the collector builds.
+STATE_COLUMNS = tuple(c.name for c in State.__table__.columns)
+KEY_COLUMNS = tuple(c.name for c in StateKey.__table__.columns)
+PEER_COLUMNS = tuple(c.name for c in StatePeer.__table__.columns)
+# A staged change: the state's pk, its new dynamic values, both new peers.
+STAGED_COLUMNS = ("pk", "dyn_hash", *DYNAMIC_STATE_FIELDS,
+                  *(f"src_{f}" for f in PEER_FIELDS), *(f"dst_{f}" for f in PEER_FIELDS))
+
+
+def _ph(conn):
+    """The driver's placeholder for positional parameters."""
+    return "?" if conn.dialect.paramstyle == "qmark" else "%s"
+
+
+def _executemany(conn, sql, rows):
+    """executemany through the DBAPI, with the driver's placeholders."""
+    if rows:
+        conn.exec_driver_sql(sql.replace("?", _ph(conn)), rows)
+
+
+def _insert_sql(table, columns):
+    return (f"INSERT INTO {table} ({', '.join(columns)}) "
+            f"VALUES ({', '.join('?' * len(columns))})")
+
+
+def _temp_table(conn, name, columns_sql):
+    """A session-local staging table, empty."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"CREATE TEMP TABLE IF NOT EXISTS {name} ({columns_sql}) "
+                             f"ON COMMIT DROP")
+        conn.exec_driver_sql(f"TRUNCATE {name}")
+    else:
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS temp.{name}")
+        conn.exec_driver_sql(f"CREATE TEMP TABLE {name} ({columns_sql})")
+
+
+# -- collections ---------------------------------------------------------------
+
+def latest_collection(conn):
+    """(id, collected_at) of the newest collection, or None."""
+    row = conn.execute(select(Collection.id, Collection.collected_at)
+                       .order_by(Collection.collected_at.desc(), Collection.id.desc())
+                       .limit(1)).first()
+    return tuple(row) if row else None
+
+
+def next_ids(conn):
+    """The next free ids of collections, states and addresses."""
+    return tuple(
+        (conn.execute(select(func.max(col))).scalar() or 0) + 1
+        for col in (Collection.id, State.pk, Address.id))
+
+
+def insert_collection(conn, row):
+    conn.execute(Collection.__table__.insert().values(**row))
+
+
+def finish_collection(conn, collection_id, values):
+    conn.execute(update(Collection).where(Collection.id == collection_id).values(**values))
+
+
+def counts(conn):
+    """Rows in each table, for -v and the tests."""
+    return {t.__tablename__: conn.execute(select(func.count()).select_from(t)).scalar()
+            for t in (Collection, Address, State, StateKey, StatePeer, Sample)}
+
+
+# -- looking states up -----------------------------------------------------------
+
+def open_states(conn):
+    """(creatorid, state_id, pk, dyn_hash, created_at, expires_at) of open states."""
+    return conn.execute(select(State.creatorid, State.state_id, State.pk, State.dyn_hash,
+                               State.created_at, State.expires_at)
+                        .where(State.ended_before.is_(None)))
+
+
+def closed_states_by_key(conn, keys):
+    """{(creatorid, state_id): (pk, dyn_hash, created_at, expires_at, last_seen)} of
+    closed states among keys (states seen again after a collection missed them)."""
+    if not keys:
+        return {}
+    _temp_table(conn, "pfh_lookup", "creatorid BIGINT, state_id BIGINT")
+    _executemany(conn, "INSERT INTO pfh_lookup VALUES (?, ?)", keys)
+    rows = conn.exec_driver_sql(
+        "SELECT s.creatorid, s.state_id, s.pk, s.dyn_hash, s.created_at, s.expires_at, "
+        "s.last_seen FROM pfh_lookup l JOIN states s "
+        "ON s.creatorid = l.creatorid AND s.state_id = l.state_id "
+        "WHERE s.ended_before IS NOT NULL")
+    return {(r[0], r[1]): tuple(r[2:]) for r in rows}
+
+
+def address_ids(conn, pairs):
+    """{(af, bin): id} of the addresses among pairs that are already known."""
+    if not pairs:
+        return {}
+    _temp_table(conn, "pfh_addr", "af SMALLINT, bin BLOB" if conn.dialect.name == "sqlite"
+                else "af SMALLINT, bin BYTEA")
+    _executemany(conn, "INSERT INTO pfh_addr VALUES (?, ?)", pairs)
+    rows = conn.exec_driver_sql(
+        "SELECT a.af, a.bin, a.id FROM pfh_addr l JOIN addresses a "
+        "ON a.af = l.af AND a.bin = l.bin")
+    return {(r[0], bytes(r[1])): r[2] for r in rows}
+
+
+# -- writing ---------------------------------------------------------------------
+
+def insert_addresses(conn, rows):
+    """rows: (id, af, bin, text)."""
+    _executemany(conn, _insert_sql("addresses", ("id", "af", "bin", "text")), rows)
+
+
+def insert_states(conn, rows):
+    _executemany(conn, _insert_sql("states", STATE_COLUMNS), rows)
+
+
+def insert_keys(conn, rows):
+    _executemany(conn, _insert_sql("state_keys", KEY_COLUMNS), rows)
+
+
+def insert_peers(conn, rows):
+    _executemany(conn, _insert_sql("state_peers", PEER_COLUMNS), rows)
+
+
+def stage(conn, rows, first=False):
+    """Stage new values of states that changed (STAGED_COLUMNS order)."""
+    if first:
+        cols = ", ".join(f"{c} BIGINT" for c in STAGED_COLUMNS)
+        _temp_table(conn, "pfh_incoming", cols)
+    _executemany(conn, _insert_sql("pfh_incoming", STAGED_COLUMNS), rows)
+
+
+def apply_staged(conn, collection_id):
+    """Move the staged states' previous values to samples and take the new ones.
+
+    Returns (packets, bytes) the staged states moved since their previous
+    values (never negative per state).
+    """
+    ph = _ph(conn)
+    moved = conn.exec_driver_sql(
+        "SELECT COALESCE(SUM("
+        "CASE WHEN i.packets0 > s.packets0 THEN i.packets0 - s.packets0 ELSE 0 END + "
+        "CASE WHEN i.packets1 > s.packets1 THEN i.packets1 - s.packets1 ELSE 0 END), 0), "
+        "COALESCE(SUM("
+        "CASE WHEN i.bytes0 > s.bytes0 THEN i.bytes0 - s.bytes0 ELSE 0 END + "
+        "CASE WHEN i.bytes1 > s.bytes1 THEN i.bytes1 - s.bytes1 ELSE 0 END), 0) "
+        "FROM pfh_incoming i JOIN states s ON s.pk = i.pk").first()
+    dyn = ", ".join(f"s.{f}" for f in DYNAMIC_STATE_FIELDS)
+    peers = ", ".join([f"ps.{f}" for f in PEER_FIELDS] + [f"pd.{f}" for f in PEER_FIELDS])
+    sample_cols = ", ".join(["state_pk", "valid_until", "valid_from", "present",
+                             *DYNAMIC_STATE_FIELDS,
+                             *(f"src_{f}" for f in PEER_FIELDS),
+                             *(f"dst_{f}" for f in PEER_FIELDS)])
+    written = conn.exec_driver_sql(
+        f"INSERT INTO samples ({sample_cols}) "
+        f"SELECT s.pk, {ph}, s.values_since, 1, {dyn}, {peers} "
+        f"FROM pfh_incoming i JOIN states s ON s.pk = i.pk "
+        f"JOIN state_peers ps ON ps.state_pk = s.pk AND ps.side = 0 "
+        f"JOIN state_peers pd ON pd.state_pk = s.pk AND pd.side = 1 "
+        f"WHERE s.values_since < {ph}", (collection_id, collection_id)).rowcount
+    sets = ", ".join(f"{f} = i.{f}" for f in ("dyn_hash", *DYNAMIC_STATE_FIELDS))
+    conn.exec_driver_sql(
+        f"UPDATE states SET {sets}, values_since = {ph} "
+        f"FROM pfh_incoming i WHERE states.pk = i.pk", (collection_id,))
+    peer_sets = ", ".join(
+        f"{f} = CASE WHEN state_peers.side = 0 THEN i.src_{f} ELSE i.dst_{f} END"
+        for f in PEER_FIELDS)
+    conn.exec_driver_sql(
+        f"UPDATE state_peers SET {peer_sets} FROM pfh_incoming i "
+        f"WHERE state_peers.state_pk = i.pk")
+    return int(moved[0]), int(moved[1]), max(written, 0)
+
+
+def close_states(conn, pks, last_seen, last_seen_at, ended_before, ended_before_at):
+    """Close open states a collection did not see."""
+    _executemany(conn, "UPDATE states SET last_seen = ?, last_seen_at = ?, "
+                       "ended_before = ?, ended_before_at = ? WHERE pk = ?",
+                 [(last_seen, last_seen_at, ended_before, ended_before_at, pk) for pk in pks])
+
+
+def reopen_states(conn, rows, collection_id):
+    """Reopen closed states seen again: their absence becomes a sample with
+    present = 0, so the state table of the collections they missed stays exact.
+
+    rows: (pk, last_seen, ended_before) as they were before reopening.
+    """
+    if not rows:
+        return
+    dyn = ", ".join(f"s.{f}" for f in DYNAMIC_STATE_FIELDS)
+    peers = ", ".join([f"ps.{f}" for f in PEER_FIELDS] + [f"pd.{f}" for f in PEER_FIELDS])
+    sample_cols = ", ".join(["state_pk", "valid_until", "valid_from", "present",
+                             *DYNAMIC_STATE_FIELDS,
+                             *(f"src_{f}" for f in PEER_FIELDS),
+                             *(f"dst_{f}" for f in PEER_FIELDS)])
+    ph = _ph(conn)
+    for pk, _last_seen, ended_before in rows:
+        # Values it had while present, until it vanished ...
+        conn.exec_driver_sql(
+            f"INSERT INTO samples ({sample_cols}) "
+            f"SELECT s.pk, s.ended_before, s.values_since, 1, {dyn}, {peers} "
+            f"FROM states s JOIN state_peers ps ON ps.state_pk = s.pk AND ps.side = 0 "
+            f"JOIN state_peers pd ON pd.state_pk = s.pk AND pd.side = 1 "
+            f"WHERE s.pk = {ph} AND s.values_since < s.ended_before", (pk,))
+        # ... and the collections that did not see it.
+        conn.exec_driver_sql(
+            f"INSERT INTO samples ({sample_cols}) "
+            f"SELECT s.pk, {ph}, s.ended_before, 0, {dyn}, {peers} "
+            f"FROM states s JOIN state_peers ps ON ps.state_pk = s.pk AND ps.side = 0 "
+            f"JOIN state_peers pd ON pd.state_pk = s.pk AND pd.side = 1 "
+            f"WHERE s.pk = {ph}", (collection_id, pk))
+    _executemany(conn, "UPDATE states SET last_seen = NULL, last_seen_at = NULL, "
+                       "ended_before = NULL, ended_before_at = NULL, values_since = ? "
+                       "WHERE pk = ?", [(collection_id, pk) for pk, _l, _e in rows])
+
+
+# -- retention -------------------------------------------------------------------
+
+def expire_samples(conn, before_collection_id, limit):
+    """Delete up to limit samples no longer needed for collections before
+    before_collection_id (absences are kept: they make lifetimes exact).
+    Returns how many were deleted."""
+    ph = _ph(conn)
+    return conn.exec_driver_sql(
+        f"DELETE FROM samples WHERE (state_pk, valid_until) IN ("
+        f"SELECT state_pk, valid_until FROM samples "
+        f"WHERE valid_until <= {ph} AND present = 1 LIMIT {int(limit)})",
+        (before_collection_id,)).rowcount
+
+
+def prune_states_batch(conn, before_at, limit):
+    """Delete up to limit states that ended before before_at, with their keys,
+    peers and samples. Returns how many states were deleted."""
+    ph = _ph(conn)
+    pks = [r[0] for r in conn.exec_driver_sql(
+        f"SELECT pk FROM states WHERE ended_before_at IS NOT NULL "
+        f"AND ended_before_at <= {ph} ORDER BY ended_before_at LIMIT {int(limit)}",
+        (before_at,))]
+    if not pks:
+        return 0
+    for table in (Sample, StatePeer, StateKey):
+        conn.execute(delete(table).where(table.state_pk.in_(pks)))
+    conn.execute(delete(State).where(State.pk.in_(pks)))
+    return len(pks)
+
+
+def prune_orphan_addresses(conn, limit):
+    """Delete up to limit addresses no state refers to any more."""
+    return conn.exec_driver_sql(
+        f"DELETE FROM addresses WHERE id IN (SELECT a.id FROM addresses a "
+        f"WHERE NOT EXISTS (SELECT 1 FROM state_keys k WHERE k.addr0 = a.id) "
+        f"AND NOT EXISTS (SELECT 1 FROM state_keys k WHERE k.addr1 = a.id) "
+        f"AND NOT EXISTS (SELECT 1 FROM states s WHERE s.rt_addr = a.id) "
+        f"LIMIT {int(limit)})").rowcount
+
+
+def collection_before(conn, at):
+    """The id of the first collection at or after at, or None."""
+    return conn.execute(select(func.min(Collection.id))
+                        .where(Collection.collected_at >= at)).scalar()
+
+
+# -- settings --------------------------------------------------------------------
+
+def get_setting(conn, name, default=None):
+    value = conn.execute(select(Setting.value).where(Setting.name == name)).scalar()
+    return default if value is None else value
+
+
+def set_setting(conn, name, value):
+    conn.execute(delete(Setting).where(Setting.name == name))
+    conn.execute(Setting.__table__.insert().values(name=name, value=str(value)))
+
+
+def sqlite_incremental_vacuum(conn, pages):
+    """Hand up to pages free pages back to the file system (SQLite only)."""
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql(f"PRAGMA incremental_vacuum({int(pages)})")
+
+
+def ping(conn):
+    conn.execute(text("SELECT 1"))
