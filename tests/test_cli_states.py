@@ -126,4 +126,4 @@ def test_every_command_has_an_example_in_its_help():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     for name, command in sub.choices.items():
-        assert "Example:" in command.format_help(), name
+        assert "Example" in command.format_help(), name
