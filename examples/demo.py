@@ -1,21 +1,25 @@
-"""`make demo`: simulate a small firewall and show its state table as pfctl would.
+"""`make demo`: simulate an hour of a busy firewall, record it, summarize it.
 
-Runs the same commands an administrator would type, as subprocesses, and
-prints each before its output.
+Runs the commands an administrator would type, as subprocesses, and prints
+each before its output. The demo keeps its own database (demo/history.db,
+made anew each run) so simulated history never mixes with a real one.
 """
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 
-def run(*args):
+def run(*args, show=True, env=None):
     """Print a pfhistory command line, run it, and return its stdout."""
-    print(f"$ pfhistory {' '.join(map(str, args))}", flush=True)
+    line = " ".join(map(str, args))
+    if show:
+        print(f"$ pfhistory {line}", flush=True)
     result = subprocess.run([sys.executable, "-m", "pfhistory", *map(str, args)],
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, env=env)
     if result.returncode != 0:
         sys.exit(result.stderr.strip() or f"pfhistory {args[0]} failed")
     return result.stdout
@@ -24,20 +28,30 @@ def run(*args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", default="demo", help="where the demo writes its files")
-    parser.add_argument("--states", type=int, default=40)
+    parser.add_argument("--states", type=int, default=5000)
     args = parser.parse_args()
     out = Path(args.dir)
     snapshots = out / "snapshots"
-    if snapshots.exists():
-        shutil.rmtree(snapshots)
+    db = out / "history.db"
+    for old in (snapshots, db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+        if old.is_dir():
+            shutil.rmtree(old)
+        elif old.exists():
+            old.unlink()
 
-    listing = run("simulate", "--out", snapshots, "--states", args.states,
-                  "--interval", "1m", "--duration", "5m", "--seed", "7")
-    files = listing.split()
-    print(f"{len(files)} snapshots written to {snapshots}/\n")
-    last = files[-1]
-    print(run("states", last, "-vv"))
-    print(run("states", last, "-i", "em0"), end="")
+    files = run("simulate", "--out", snapshots, "--states", args.states,
+                "--interval", "1m", "--duration", "1h", "--seed", "7").split()
+    print(f"{len(files)} snapshots, one a minute, in {snapshots}/\n")
+
+    print(f"The firewall's state table at {Path(files[-1]).name}, first states, as pfctl -ss -vv:")
+    text = run("states", files[-1], "-vv")
+    print("".join(text.splitlines(keepends=True)[:12]))
+
+    env = dict(os.environ, PFHISTORY_DB=str(db))
+    print(f"$ PFHISTORY_DB={db} pfhistory collect --from-file {snapshots}/*.pfstate")
+    run("collect", "--from-file", *files, show=False, env=env)
+    print(f"recorded {len(files)} collections into {db}\n")
+    print(run("summary", env=env), end="")
 
 
 if __name__ == "__main__":

@@ -164,6 +164,8 @@ def _add_collect(sub):
                         "given); default: now, or the file's mtime")
     p.add_argument("--sample-retention", default="24h", metavar="DURATION",
                    help="how long per-collection samples are kept (default 24h)")
+    p.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
+                   help="how long to wait for another collector to finish (default 30)")
     p.add_argument("-v", "--verbose", action="store_true", help="one line per collection")
     p.add_argument("--syslog", action="store_true",
                    help="also send the outcome to syslog (daemon facility)")
@@ -176,7 +178,7 @@ def _cmd_collect(args):
 
     retention = parse_duration(args.sample_retention, "--sample-retention")
     snapshots = _snapshots(args)
-    url, engine = _open_db(args.db, create=True)
+    url, engine = _open_db(args.db, create=True, wait=args.wait)
     try:
         from pfhistory.db import require_current_schema
 
@@ -221,11 +223,11 @@ def _snapshots(args):
     return snapshots
 
 
-def _open_db(db, create=False, readonly=False):
+def _open_db(db, create=False, readonly=False, wait=30.0):
     from pfhistory.db import open_engine, resolve_url
 
     url = resolve_url(db)
-    return url, open_engine(url, create=create, readonly=readonly)
+    return url, open_engine(url, create=create, readonly=readonly, wait=wait)
 
 
 def _owner_only(url):
@@ -315,6 +317,7 @@ def _add_prune(sub):
     p.add_argument("--before", required=True, metavar="TIME",
                    help="ISO 8601 time, or a duration back from now (90d)")
     p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--syslog", action="store_true", help="also send failures to syslog")
     p.set_defaults(func=_cmd_prune)
 
 
@@ -342,6 +345,46 @@ def _fail(args, message):
     return 1
 
 
+def _add_summary(sub):
+    p = sub.add_parser(
+        "summary",
+        help="a short summary of the history: states, open and closed, top talkers",
+        description="How many collections and states the history holds, how many are "
+                    "open and closed, and the hosts that moved the most bytes.",
+        epilog="Example:\n  pfhistory summary --db /var/db/pfhistory/history.db\n",
+    )
+    _add_db_option(p)
+    p.add_argument("--top", type=_positive_int, default=5, help="talkers to list (default 5)")
+    p.set_defaults(func=_cmd_summary)
+
+
+def _cmd_summary(args):
+    from pfhistory import queries
+    from pfhistory.db import require_current_schema
+    from pfhistory.timespec import format_time
+
+    url, engine = _open_db(args.db, readonly=True)
+    try:
+        require_current_schema(engine, url)
+        with engine.connect() as conn:
+            s = queries.summary(conn, top=args.top)
+    finally:
+        engine.dispose()
+    from datetime import datetime, timezone
+
+    def when(epoch):
+        return format_time(datetime.fromtimestamp(epoch, timezone.utc)) if epoch else "-"
+
+    print(f"collections: {s['collections']} from {when(s['first'])} to {when(s['last'])}")
+    print(f"states recorded: {s['states']} ({s['open']} open, {s['closed']} closed)")
+    for title, rows in (("top local hosts by bytes", s["top_local"]),
+                        ("top remote hosts by bytes", s["top_remote"])):
+        print(f"{title}:")
+        for host, nbytes, nstates in rows:
+            print(f"  {host:<40} {nbytes:>16,} bytes  {nstates:>7,} states")
+    return 0
+
+
 def build_parser():
     """The whole command line, for main() and the documentation test."""
     parser = _Parser(
@@ -358,6 +401,7 @@ def build_parser():
     _add_collect(sub)
     _add_db(sub)
     _add_prune(sub)
+    _add_summary(sub)
     return parser
 
 
@@ -375,7 +419,8 @@ def main(argv=None):
 
         if not is_db_error(e):
             raise
-        return _fail(args, describe_db_error(e, resolve_url(getattr(args, "db", None))))
+        return _fail(args, describe_db_error(e, resolve_url(getattr(args, "db", None)),
+                                             getattr(args, "wait", 30.0)))
     except BrokenPipeError:
         # The reader (head, less) went away: not an error of ours.
         devnull = os.open(os.devnull, os.O_WRONLY)

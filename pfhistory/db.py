@@ -91,11 +91,11 @@ def _prepare_sqlite_file(path, create):
         raise DatabaseError(f"{path}: cannot create the database: {e.strerror}") from None
 
 
-def _on_sqlite_connect(dbapi_conn, _record):
+def _on_sqlite_connect(dbapi_conn, _record, wait):
     """Pragmas for every SQLite connection (see the module docstring)."""
     dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
     cur = dbapi_conn.cursor()
-    cur.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+    cur.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
     cur.execute("PRAGMA foreign_keys = ON")
     cur.execute("PRAGMA synchronous = FULL")
     try:
@@ -114,16 +114,18 @@ def _on_sqlite_begin(conn):
     conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("writer") else "BEGIN")
 
 
-def open_engine(url, create=False, readonly=False):
-    """An Engine for url; creates a missing SQLite file only if create."""
+def open_engine(url, create=False, readonly=False, wait=BUSY_TIMEOUT_S):
+    """An Engine for url; creates a missing SQLite file only if create.
+    A writer waits up to wait seconds for another one to finish."""
     if _is_sqlite(url):
         path = _sqlite_file(url)
         if path is not None:
             _prepare_sqlite_file(path, create)
             if readonly:
                 url = make_url(f"sqlite:///file:{path}?mode=ro&uri=true")
-        engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
-        event.listen(engine, "connect", _on_sqlite_connect)
+        engine = create_engine(url, connect_args={"timeout": wait})
+        event.listen(engine, "connect",
+                     lambda dbapi_conn, rec: _on_sqlite_connect(dbapi_conn, rec, wait))
         event.listen(engine, "begin", _on_sqlite_begin)
         return engine
     try:
@@ -222,7 +224,7 @@ def upgrade(engine, url, revision="head"):
         command.upgrade(cfg, revision)
 
 
-def describe_db_error(exc, url):
+def describe_db_error(exc, url, wait=BUSY_TIMEOUT_S):
     """One sentence for a database error a user can act on."""
     shown = _shown(url)
     orig = getattr(exc, "orig", exc)
@@ -234,7 +236,7 @@ def describe_db_error(exc, url):
         return f"{shown}: the database is read-only; nothing was recorded"
     if "database is locked" in lowered:
         return (f"{shown}: another pfhistory is writing; gave up after waiting "
-                f"{BUSY_TIMEOUT_S:.0f} s, nothing was recorded")
+                f"{wait:g} s, nothing was recorded")
     if "file is not a database" in lowered or "malformed" in lowered:
         return f"{shown}: is not a pfhistory database (not a readable SQLite file)"
     if "unable to open database" in lowered:

@@ -1,0 +1,304 @@
+"""`pfhistory collect` on real SQLite files, checked against the simulator's truth."""
+
+import json
+import os
+import sqlite3
+import stat
+import sys
+from datetime import datetime
+
+import pytest
+
+from conftest import run_cli
+from golden_records import Key, Peer, build_state
+from pfhistory import pf
+
+U64 = 1 << 64
+
+
+def _signed(v):
+    return v - U64 if v >= 1 << 63 else v
+
+
+def _db(path):
+    con = sqlite3.connect(path)
+    con.row_factory = sqlite3.Row
+    return con
+
+
+def _truth(series):
+    with open(series.truth_path) as f:
+        rows = [json.loads(line) for line in f]
+    return [r for r in rows if "id" in r]
+
+
+def _epoch(text):
+    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
+
+
+@pytest.fixture(scope="module")
+def recorded(small_series, tmp_path_factory):
+    """The small simulated series, recorded by the real CLI."""
+    path = tmp_path_factory.mktemp("collect") / "history.db"
+    files = [p for _t, p in small_series.snapshots]
+    result = run_cli("collect", "--db", path, "--from-file", *files, "-v")
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == len(files)
+    return path
+
+
+def test_history_matches_ground_truth(small_series, recorded):
+    con = _db(recorded)
+    collections = [r["id"] for r in con.execute("SELECT id FROM collections ORDER BY id")]
+    written = [i for i, (_t, _p) in enumerate(small_series.snapshots)]
+    assert len(collections) == len(written)
+    coll = dict(zip(written, collections))
+    last_index = written[-1]
+    truth = _truth(small_series)
+    seen = [t for t in truth if t["snapshots"]]
+    assert con.execute("SELECT count(*) FROM states").fetchone()[0] == len(seen)
+    assert any(not t["snapshots"] for t in truth), "short-lived states exist in the truth"
+    for t in seen:
+        row = con.execute("SELECT * FROM states WHERE creatorid = ? AND state_id = ?",
+                          (t["creatorid"], _signed(t["id"]))).fetchone()
+        assert row is not None, t
+        first, last = t["snapshots"][0], t["snapshots"][-1]
+        assert row["first_seen"] == coll[first]
+        if last == last_index:
+            assert row["last_seen"] is None and row["ended_before"] is None
+        else:
+            assert row["last_seen"] == coll[last]
+            assert row["ended_before"] == coll[written[written.index(last) + 1]]
+        final = t["final"]
+        assert [row["packets0"], row["packets1"]] == final["packets"]
+        assert [row["bytes0"], row["bytes1"]] == final["bytes"]
+        t_last = int(small_series.snapshots[last][0].timestamp())
+        assert row["expires_at"] - t_last == final["expire"]
+        assert t_last - row["created_at"] == final["creation"]
+        assert row["proto"] == t["proto"] and row["direction"] == t["direction"]
+        assert row["ifname"] == t["ifname"] and row["rule"] == t["rule"]
+        for side, name in ((0, "wire"), (1, "stack")):
+            key = con.execute(
+                "SELECT a0.text AS a0, k.port0, a1.text AS a1, k.port1, k.rdomain "
+                "FROM state_keys k JOIN addresses a0 ON a0.id = k.addr0 "
+                "JOIN addresses a1 ON a1.id = k.addr1 WHERE k.state_pk = ? AND k.side = ?",
+                (row["pk"], side)).fetchone()
+            assert [key["a0"], key["a1"]] == t[name]["addr"]
+            assert [key["port0"], key["port1"]] == t[name]["port"]
+            assert key["rdomain"] == t[name]["rdomain"]
+        peers = {p["side"]: p for p in con.execute(
+            "SELECT * FROM state_peers WHERE state_pk = ?", (row["pk"],))}
+        assert set(peers) == {0, 1}
+
+
+def test_keys_never_duplicate(recorded):
+    con = _db(recorded)
+    n_states = con.execute("SELECT count(*) FROM states").fetchone()[0]
+    assert con.execute("SELECT count(*) FROM state_keys").fetchone()[0] == 2 * n_states
+    assert con.execute("SELECT count(*) FROM state_peers").fetchone()[0] == 2 * n_states
+    assert con.execute("SELECT count(*) FROM (SELECT af, bin FROM addresses "
+                       "GROUP BY af, bin HAVING count(*) > 1)").fetchone()[0] == 0
+
+
+def test_collections_log_and_aggregates(small_series, recorded):
+    con = _db(recorded)
+    summary = json.loads((small_series.truth_path.parent / "truth-summary.json").read_text())
+    rows = list(con.execute("SELECT * FROM collections ORDER BY id"))
+    for row, (when, path) in zip(rows, small_series.snapshots):
+        assert row["collected_at"] == int(when.timestamp())
+        assert row["source"] == os.path.abspath(path)
+        assert row["states"] == os.path.getsize(path) // 264
+        assert row["creatorid"] == 0x1A2B3C4D
+    assert rows[0]["inserted"] == rows[0]["states"]
+    # Every state alive in one collection is either still there or closed in the next.
+    for prev, row in zip(rows, rows[1:]):
+        assert prev["states"] - row["closed"] + row["inserted"] + row["reopened"] == row["states"]
+    assert summary  # the simulator wrote its summary beside the snapshots
+
+
+def test_samples_rebuild_every_collection_exactly(small_series, recorded):
+    """For each collection, the values in force then equal the snapshot's."""
+    con = _db(recorded)
+    for cid, (when, path) in enumerate(small_series.snapshots, start=1):
+        t = int(when.timestamp())
+        expected = {(s.creatorid, _signed(s.id)): s for s in
+                    pf.parse_states(path.read_bytes())}
+        alive = {}
+        for row in con.execute(
+                "SELECT s.*, x.valid_until AS x_until, x.present AS x_present, "
+                "x.packets0 AS x_packets0, x.packets1 AS x_packets1, x.bytes0 AS x_bytes0, "
+                "x.bytes1 AS x_bytes1, x.expires_at AS x_expires_at, "
+                "x.created_at AS x_created_at, x.src_seqlo AS x_src_seqlo, "
+                "x.dst_seqlo AS x_dst_seqlo, x.src_state AS x_src_state "
+                "FROM states s LEFT JOIN samples x ON x.state_pk = s.pk AND x.valid_until = "
+                "(SELECT min(valid_until) FROM samples WHERE state_pk = s.pk "
+                " AND valid_until > ?) "
+                "WHERE s.first_seen <= ? AND (s.ended_before IS NULL OR s.ended_before > ?)",
+                (cid, cid, cid)):
+            if row["x_until"] is not None and row["x_present"] == 0:
+                continue
+            alive[(row["creatorid"], row["state_id"])] = row
+        assert set(alive) == set(expected), f"collection {cid}"
+        for key, s in expected.items():
+            row = alive[key]
+            pre = "x_" if row["x_until"] is not None else ""
+            assert (row[pre + "packets0"], row[pre + "packets1"]) == s.packets
+            assert (row[pre + "bytes0"], row[pre + "bytes1"]) == s.bytes
+            assert row[pre + "expires_at"] - t == s.expire
+            assert t - row[pre + "created_at"] == s.creation
+            if pre:
+                src = s.src if s.direction == pf.PF_OUT else s.dst
+                assert row["x_src_seqlo"] == src.seqlo
+
+
+def test_recording_the_same_snapshot_twice_changes_only_the_log(tmp_path, small_series):
+    path = tmp_path / "h.db"
+    snap = small_series.snapshots[1][1]
+    assert run_cli("collect", "--db", path, "--from-file", snap).returncode == 0
+    con = _db(path)
+    tables = ("states", "state_keys", "state_peers", "samples", "addresses")
+    before = {t: list(map(tuple, con.execute(f"SELECT * FROM {t} ORDER BY 1, 2")))
+              for t in tables}
+    con.close()
+    assert run_cli("collect", "--db", path, "--from-file", snap).returncode == 0
+    con = _db(path)
+    after = {t: list(map(tuple, con.execute(f"SELECT * FROM {t} ORDER BY 1, 2")))
+             for t in tables}
+    assert after == before
+    second = con.execute("SELECT * FROM collections WHERE id = 2").fetchone()
+    assert (second["inserted"], second["updated"], second["closed"], second["reopened"]) == (0,) * 4
+
+
+def _write(path, records, epoch):
+    path.write_bytes(b"".join(records))
+    os.utime(path, (epoch, epoch))
+    return path
+
+
+def _tcp(i, packets):
+    return build_state(wire=Key("192.0.2.1", 443, "10.0.0.%d" % (i + 1), 40000 + i),
+                       id=i + 1, ifname=b"em0", direction=pf.PF_OUT, proto=6,
+                       src=Peer(state=4, seqlo=packets), dst=Peer(state=4),
+                       packets=(packets, 1), bytes_=(packets * 100, 60), creation=10,
+                       expire=86400, creatorid=7)
+
+
+def test_a_state_that_comes_back_is_reopened_not_duplicated(tmp_path):
+    t0 = 1_795_000_000
+    s0 = _write(tmp_path / "0.pf", [_tcp(0, 1), _tcp(1, 1)], t0)
+    s1 = _write(tmp_path / "1.pf", [_tcp(0, 2)], t0 + 60)
+    s2 = _write(tmp_path / "2.pf", [_tcp(0, 3), _tcp(1, 5)], t0 + 120)
+    db = tmp_path / "h.db"
+    assert run_cli("collect", "--db", db, "--from-file", s0, s1, s2).returncode == 0
+    con = _db(db)
+    assert con.execute("SELECT count(*) FROM states").fetchone()[0] == 2
+    back = con.execute("SELECT * FROM states WHERE state_id = 2").fetchone()
+    assert back["ended_before"] is None and back["packets0"] == 5
+    reopened = [r["reopened"] for r in con.execute("SELECT reopened FROM collections ORDER BY id")]
+    assert reopened == [0, 0, 1]
+    gap = con.execute("SELECT valid_from, valid_until FROM samples "
+                      "WHERE state_pk = ? AND present = 0", (back["pk"],)).fetchall()
+    assert [tuple(g) for g in gap] == [(2, 3)]
+
+
+def test_an_older_snapshot_is_refused(tmp_path):
+    t0 = 1_795_000_000
+    s0 = _write(tmp_path / "0.pf", [_tcp(0, 1)], t0)
+    s1 = _write(tmp_path / "1.pf", [_tcp(0, 2)], t0 + 60)
+    db = tmp_path / "h.db"
+    assert run_cli("collect", "--db", db, "--from-file", s1).returncode == 0
+    result = run_cli("collect", "--db", db, "--from-file", s0)
+    assert result.returncode == 1
+    assert "before the newest collection" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert _db(db).execute("SELECT count(*) FROM collections").fetchone()[0] == 1
+
+
+def test_at_dates_a_snapshot(tmp_path):
+    s0 = _write(tmp_path / "0.pf", [_tcp(0, 1)], 1_795_000_000)
+    db = tmp_path / "h.db"
+    result = run_cli("collect", "--db", db, "--from-file", s0, "--at", "2026-11-24T22:00:00Z")
+    assert result.returncode == 0, result.stderr
+    at = _db(db).execute("SELECT collected_at FROM collections").fetchone()[0]
+    assert at == _epoch("2026-11-24T22:00:00+00:00")
+
+
+def test_database_and_directory_are_owner_only_and_wal(tmp_path):
+    s0 = _write(tmp_path / "0.pf", [_tcp(0, 1)], 1_795_000_000)
+    db = tmp_path / "new" / "dir" / "h.db"
+    assert run_cli("collect", "--db", db, "--from-file", s0).returncode == 0
+    assert stat.S_IMODE(db.stat().st_mode) == 0o600
+    assert stat.S_IMODE(db.parent.stat().st_mode) == 0o700
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert con.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
+    for extra in (db.parent / "h.db-wal", db.parent / "h.db-shm"):
+        if extra.exists():
+            assert stat.S_IMODE(extra.stat().st_mode) & 0o077 == 0
+
+
+def test_pfhistory_db_environment_variable(tmp_path):
+    s0 = _write(tmp_path / "0.pf", [_tcp(0, 1)], 1_795_000_000)
+    db = tmp_path / "env.db"
+    result = run_cli("collect", "--from-file", s0, env={"PFHISTORY_DB": str(db)})
+    assert result.returncode == 0, result.stderr
+    assert db.exists()
+
+
+def test_sample_retention_drops_old_samples(tmp_path, small_series):
+    db = tmp_path / "h.db"
+    files = [p for _t, p in small_series.snapshots]
+    assert run_cli("collect", "--db", db, "--from-file", *files,
+                   "--sample-retention", "90s").returncode == 0
+    con = _db(db)
+    last = con.execute("SELECT max(id), max(collected_at) FROM collections").fetchone()
+    first_kept = con.execute("SELECT min(id) FROM collections WHERE collected_at >= ?",
+                             (last[1] - 90,)).fetchone()[0]
+    assert con.execute("SELECT count(*) FROM samples WHERE present = 1 AND valid_until <= ?",
+                       (first_kept,)).fetchone()[0] == 0
+    assert con.execute("SELECT count(*) FROM samples").fetchone()[0] > 0
+
+
+def _one_sentence(result):
+    assert result.returncode != 0
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pfhistory: "), result.stderr
+    return lines[0]
+
+
+def test_bad_inputs_write_nothing(tmp_path, small_series):
+    good = small_series.snapshots[0][1]
+    db = tmp_path / "h.db"
+    truncated = tmp_path / "truncated.pf"
+    truncated.write_bytes(good.read_bytes()[:-100])
+    assert "264-byte" in _one_sentence(run_cli("collect", "--db", db, "--from-file", truncated))
+    foreign = tmp_path / "foreign.pf"
+    foreign.write_bytes(b"<html>" * 264)
+    assert "not a pfctl -S state file" in _one_sentence(
+        run_cli("collect", "--db", db, "--from-file", foreign))
+    assert "ISO 8601" in _one_sentence(
+        run_cli("collect", "--db", db, "--from-file", good, "--at", "yesterday-ish"))
+    assert "no driver" in _one_sentence(
+        run_cli("collect", "--db", "postgresql://nobody@localhost/x", "--from-file", good))
+    assert "cannot create" in _one_sentence(
+        run_cli("collect", "--db", "/etc/passwd/h.db", "--from-file", good))
+    assert "not a database URL" in _one_sentence(
+        run_cli("collect", "--db", "bogus://", "--from-file", good))
+    # Nothing was recorded by any of them.
+    if db.exists():
+        assert _db(db).execute("SELECT count(*) FROM collections").fetchone()[0] == 0
+
+
+def test_duplicate_records_are_refused(tmp_path):
+    s0 = _write(tmp_path / "0.pf", [_tcp(0, 1), _tcp(0, 2)], 1_795_000_000)
+    db = tmp_path / "h.db"
+    assert "two records of one state" in _one_sentence(
+        run_cli("collect", "--db", db, "--from-file", s0))
+    assert _db(db).execute("SELECT count(*) FROM collections").fetchone()[0] == 0
+
+
+@pytest.mark.skipif(sys.platform.startswith("openbsd"), reason="the live table exists here")
+def test_live_collection_needs_openbsd(tmp_path):
+    line = _one_sentence(run_cli("collect", "--db", tmp_path / "h.db"))
+    assert "needs OpenBSD" in line and "--from-file" in line
+    assert not (tmp_path / "h.db").exists()

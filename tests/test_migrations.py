@@ -1,0 +1,112 @@
+"""alembic owns the schema: head equals the models, every revision goes both ways."""
+
+import sqlite3
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from conftest import run_cli
+from pfhistory import db
+from pfhistory.models import Base
+
+
+def _engine(path, create=True):
+    url = db.resolve_url(str(path))
+    return url, db.open_engine(url, create=create)
+
+
+def test_upgrade_from_empty_gives_exactly_the_models(tmp_path):
+    url, engine = _engine(tmp_path / "h.db")
+    db.upgrade(engine, url)
+    with engine.connect() as conn:
+        diffs = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diffs == []
+    assert db.schema_status(engine, url)[0] == "current"
+
+
+def test_every_revision_downgrades_and_upgrades_keeping_data(tmp_path, small_series):
+    path = tmp_path / "h.db"
+    files = [p for _t, p in small_series.snapshots[:2]]
+    assert run_cli("collect", "--db", path, "--from-file", *files).returncode == 0
+    url, engine = _engine(path, create=False)
+    cfg = db.alembic_config(url)
+    revisions = [r.revision for r in ScriptDirectory.from_config(cfg).walk_revisions()]
+    before = _table_counts(path)
+    # Walk down to each revision's parent and back up to head.
+    for rev in revisions[:-1]:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, f"{rev}-1")
+        db.upgrade(engine, url)
+        assert _table_counts(path) == before
+    # The base revision: down to nothing and up again.
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "base")
+    assert db.schema_status(engine, url)[0] in ("empty", "foreign")
+    db.upgrade(engine, url)
+    assert db.schema_status(engine, url)[0] == "current"
+
+
+def _table_counts(path):
+    con = sqlite3.connect(path)
+    try:
+        return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                for t in ("collections", "states", "state_keys", "state_peers", "samples",
+                          "addresses")}
+    finally:
+        con.close()
+
+
+def test_db_commands(tmp_path):
+    path = tmp_path / "h.db"
+    result = run_cli("db", "upgrade", "--db", path)
+    assert result.returncode == 0, result.stderr
+    current = run_cli("db", "current", "--db", path)
+    assert current.returncode == 0 and "(current)" in current.stdout
+    history = run_cli("db", "history")
+    assert history.returncode == 0 and "(head)" in history.stdout
+
+
+def test_newer_schema_is_refused(tmp_path, small_series):
+    path = tmp_path / "h.db"
+    assert run_cli("db", "upgrade", "--db", path).returncode == 0
+    con = sqlite3.connect(path)
+    con.execute("UPDATE alembic_version SET version_num = 'ffff_from_the_future'")
+    con.commit()
+    con.close()
+    result = run_cli("collect", "--db", path, "--from-file", small_series.snapshots[0][1])
+    assert result.returncode == 1
+    assert "newer than this pfhistory knows" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_older_schema_is_refused_with_the_command(tmp_path, small_series, monkeypatch):
+    path = tmp_path / "h.db"
+    assert run_cli("db", "upgrade", "--db", path).returncode == 0
+    url, engine = _engine(path, create=False)
+    heads = ScriptDirectory.from_config(db.alembic_config(url)).get_heads()
+    # Pretend the database is at an older, known revision.
+    monkeypatch.setattr(db, "_heads", lambda _url: {"a-newer-head"})
+    with pytest.raises(db.DatabaseError) as e:
+        db.require_current_schema(engine, url, create=True)
+    assert f"pfhistory db upgrade --db sqlite:///{path}" in str(e.value)
+    assert heads
+
+
+def test_a_database_that_is_not_pfhistorys(tmp_path, small_series):
+    path = tmp_path / "other.db"
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE customers (id INTEGER)")
+    con.commit()
+    con.close()
+    result = run_cli("collect", "--db", path, "--from-file", small_series.snapshots[0][1])
+    assert result.returncode == 1 and "is not a pfhistory database" in result.stderr
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not sqlite at all" * 100)
+    result = run_cli("collect", "--db", junk, "--from-file", small_series.snapshots[0][1])
+    assert result.returncode == 1 and "not a pfhistory database" in result.stderr
+    assert "Traceback" not in result.stderr
