@@ -30,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = ["Base", "Collection", "Address", "State", "StateKey", "StatePeer", "Sample",
-           "Setting", "PEER_FIELDS", "DYNAMIC_STATE_FIELDS"]
+           "Protocol", "Setting", "PEER_FIELDS", "DYNAMIC_STATE_FIELDS"]
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -215,6 +215,15 @@ class Sample(Base):
         Index("ix_samples_valid_until", "valid_until"),
         sqlite_with_rowid=False,
     )
+
+
+class Protocol(Base):
+    """IP protocol names as OpenBSD's /etc/protocols gives them, for the views."""
+
+    __tablename__ = "protocols"
+
+    number: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(Text)
 
 
 class Setting(Base):

@@ -231,7 +231,7 @@ _FLAT = (
     "set_prio1", "state_flags",
     *("wire_" + f for f in _KEY_COLUMNS), *("stack_" + f for f in _KEY_COLUMNS),
     *("src_" + f for f in _PEER_COLUMNS), *("dst_" + f for f in _PEER_COLUMNS),
-    "record",
+    "record", "history",
 )
 _AT = {name: i for i, name in enumerate(_FLAT)}
 
@@ -260,6 +260,7 @@ _stack_key = _key_view(_AT["stack_addr0"])
 _record_src = _peer_view(_AT["src_seqlo"])
 _record_dst = _peer_view(_AT["dst_seqlo"])
 _DIRECTION = _AT["direction"]
+_HISTORY = _AT["history"]
 _RECORD_AF = _AT["af"]
 _PROTO = _AT["proto"]
 
@@ -271,7 +272,11 @@ class PFState(tuple):
     ``wire_key``/``stack_key`` are the record's key[PF_SK_WIRE] and
     key[PF_SK_STACK] as exported, before pfctl's ICMP display fix-up.
     ``af`` is the host's socket constant, ``record_af`` the record's byte;
-    ``record`` is the 264-byte record itself, which pfctl's text is made from.
+    ``record`` is the 264-byte record itself, which pfctl's text is made from;
+    ``history`` is None for a live or file state, and for a state rebuilt from
+    the history a HistoryInfo (first_seen, last_seen, created_at, end window,
+    the collection whose values it carries, exact or last observed), whose
+    fields also read as attributes of the state.
 
     A flat tuple of decoded values underneath, so that a million states are
     built at C speed and compare by value; the nested objects (peers, keys,
@@ -325,6 +330,13 @@ class PFState(tuple):
             sk = tuple.__new__(PFStateKey, (sk[0], port, sk[2], sk[3], sk[4]))
         return sk
 
+    def __getattr__(self, name):
+        """History attributes (first_seen, last_seen, ...) of rebuilt states."""
+        history = tuple.__getitem__(self, _HISTORY)
+        if history is not None and name in history._fields:
+            return getattr(history, name)
+        raise AttributeError(f"PFState has no attribute {name!r}")
+
     def __str__(self):
         """What OpenBSD's ``pfctl -ss -vv`` prints for this state."""
         return format_state(self, 2)[:-1]
@@ -336,7 +348,7 @@ class PFState(tuple):
 _PLAIN = ("id", "ifname", "rule", "anchor", "nat_rule", "creation", "expire",
           "creatorid", "proto", "direction", "log", "rt", "rt_addr",
           "max_mss", "timeout", "sync_flags", "updates", "min_ttl", "set_tos",
-          "state_flags", "record")
+          "state_flags", "record", "history")
 for _name in _PLAIN:
     setattr(PFState, _name, property(itemgetter(_AT[_name]), doc=f"{_name} (read-only)"))
 PFState.record_af = property(itemgetter(_RECORD_AF), doc="the record's af byte (24 = IPv6)")
@@ -372,10 +384,9 @@ def _gc_paused():
             gc.enable()
 
 
-def states_from_columns(c):
-    """PFState objects for decoded columns: a mapping of field name to list
-    (pfhistory._native.Columns, or the same names rebuilt from history).
-    The 16-byte fields come as ``<name>_ref`` indexes into ``uniq``."""
+def states_from_columns(c, history=None):
+    """PFState objects for decoded Columns (pfhistory._native); history, if
+    given, is one HistoryInfo per record (states rebuilt from the history)."""
     if not c["id"]:
         return []
     with _gc_paused():
@@ -384,7 +395,8 @@ def states_from_columns(c):
                    for kind, af, raw in c["uniq"]]
         get = objects.__getitem__
         columns = [map(get, c[name + "_ref"]) if name + "_ref" in _REFS else c[name]
-                   for name in _FLAT]
+                   for name in _FLAT[:-1]]
+        columns.append(repeat(None) if history is None else history)
         return list(map(tuple.__new__, repeat(PFState), zip(*columns)))
 
 

@@ -6,6 +6,8 @@ executemany (through SQLAlchemy's connection) and do set-wise work in SQL
 understand. Placeholders follow the driver's paramstyle.
 """
 
+from dataclasses import dataclass
+
 from sqlalchemy import delete, func, select, text, update
 
 from pfhistory.models import (
@@ -287,6 +289,174 @@ def collection_before(conn, at):
     """The id of the first collection at or after at, or None."""
     return conn.execute(select(func.min(Collection.id))
                         .where(Collection.collected_at >= at)).scalar()
+
+
+# -- looking back -----------------------------------------------------------------
+
+def collection_times(conn):
+    return [tuple(r) for r in conn.execute(
+        select(Collection.id, Collection.collected_at).order_by(Collection.id))]
+
+
+def collection_at_or_before(conn, at):
+    """(id, collected_at) of the newest collection at or before at, or None."""
+    row = conn.execute(select(Collection.id, Collection.collected_at)
+                       .where(Collection.collected_at <= at)
+                       .order_by(Collection.collected_at.desc(), Collection.id.desc())
+                       .limit(1)).first()
+    return tuple(row) if row else None
+
+
+@dataclass
+class HistoryFilters:
+    """What History.states() may filter on; None means no filter."""
+
+    since: int | None = None
+    until: int | None = None
+    host: tuple | None = None        # (af, first, last) binary bounds
+    local: tuple | None = None
+    remote: tuple | None = None
+    port: int | None = None
+    proto: int | None = None
+    af: int | None = None
+    ifname: str | None = None
+    direction: int | None = None
+    rule: int | None = None
+    anchor: int | None = None
+    creatorid: int | None = None
+    state_id: int | None = None
+    nat: bool | None = None
+    open: bool | None = None
+    closed: bool | None = None
+    min_bytes: int | None = None
+    min_duration: int | None = None
+    order: str = "first_seen"
+    limit: int | None = None
+
+
+_ORDERS = {
+    "first_seen": "s.first_seen_at, s.pk",
+    "created": "s.created_at, s.pk",
+    "last_seen": "COALESCE(s.last_seen_at, :latest_at) DESC, s.pk",
+    "bytes": "(v_bytes0 + v_bytes1) DESC, s.pk",
+    "duration": "(COALESCE(s.last_seen_at, :latest_at) - s.created_at) DESC, s.pk",
+    "id": "s.state_id, s.creatorid",
+}
+
+_PEER_SQL = ", ".join(f"ps.{f} AS src_{f}, pd.{f} AS dst_{f}" for f in PEER_FIELDS)
+
+
+def _endpoint_filter(name, bounds, sides, params):
+    """s.pk whose keys have an address in [first, last] at the given
+    (side, column) positions; each address lookup uses addresses' (af, bin) index."""
+    af, first, last = bounds
+    params[f"{name}_af"], params[f"{name}_lo"], params[f"{name}_hi"] = af, first, last
+    ids = (f"SELECT id FROM addresses WHERE af = :{name}_af "
+           f"AND bin BETWEEN :{name}_lo AND :{name}_hi")
+    parts = [f"SELECT state_pk FROM state_keys WHERE {col} IN ({ids})"
+             + ("" if side is None else f" AND side = {side}")
+             for side, col in sides]
+    return f"s.pk IN ({' UNION '.join(parts)})"
+
+
+def history_rows(conn, f, at_row):
+    """The rows History rebuilds PFState objects from, streamed.
+
+    With at_row = (collection id, time): the states alive in that collection
+    (absences kept as samples with present = 0 excluded), each with the
+    values in force then (the sample holding them, else the current ones;
+    exact = 0 where retention dropped them). Without: last observed values.
+    """
+    latest = latest_collection(conn)
+    params = {"latest_at": latest[1] if latest else 0}
+    where = []
+    if at_row is not None:
+        params["c"], params["c_at"] = at_row
+        sample_join = (
+            "LEFT JOIN samples x ON x.state_pk = s.pk AND x.valid_until = "
+            "(SELECT min(y.valid_until) FROM samples y WHERE y.state_pk = s.pk "
+            "AND y.valid_until > :c)")
+        where += ["s.first_seen <= :c", "(s.ended_before IS NULL OR s.ended_before > :c)",
+                  "(x.present IS NULL OR x.present = 1 OR x.valid_from > :c)"]
+        use_x = "(x.valid_from IS NOT NULL AND x.valid_from <= :c)"
+        ref = ":c AS ref_collection, :c_at AS ref_at, "
+        exact = f"CASE WHEN {use_x} OR s.values_since <= :c THEN 1 ELSE 0 END AS exact"
+        pick = lambda col: f"CASE WHEN {use_x} THEN x.{col} ELSE s.{col} END"  # noqa: E731
+        peer_pick = ", ".join(
+            f"CASE WHEN {use_x} THEN x.{side}_{fld} ELSE {alias}.{fld} END AS {side}_{fld}"
+            for side, alias in (("src", "ps"), ("dst", "pd")) for fld in PEER_FIELDS)
+    else:
+        sample_join = ""
+        ref = ("COALESCE(s.last_seen, (SELECT max(id) FROM collections)) AS ref_collection, "
+               "COALESCE(s.last_seen_at, :latest_at) AS ref_at, ")
+        exact = "1 AS exact"
+        pick = lambda col: f"s.{col}"  # noqa: E731
+        peer_pick = _PEER_SQL
+    values = ", ".join(f"{pick(col)} AS v_{col}" for col in DYNAMIC_STATE_FIELDS)
+
+    if f.since is not None:
+        params["since"] = f.since
+        where.append("(s.ended_before_at IS NULL OR s.ended_before_at > :since)")
+    if f.until is not None:
+        params["until"] = f.until
+        where.append("s.created_at <= :until")
+    if f.host is not None:
+        where.append(_endpoint_filter("host", f.host, ((None, "addr0"), (None, "addr1")),
+                                      params))
+    if f.local is not None:
+        where.append(_endpoint_filter("local", f.local, ((None, "addr1"),), params))
+    if f.remote is not None:
+        where.append(_endpoint_filter("remote", f.remote, ((None, "addr0"),), params))
+    if f.port is not None:
+        params["port"] = f.port
+        where.append("s.pk IN (SELECT state_pk FROM state_keys WHERE port0 = :port "
+                     "UNION SELECT state_pk FROM state_keys WHERE port1 = :port)")
+    for column, value in (("proto", f.proto), ("af", f.af), ("ifname", f.ifname),
+                          ("direction", f.direction), ("rule", f.rule), ("anchor", f.anchor),
+                          ("creatorid", f.creatorid), ("state_id", f.state_id)):
+        if value is not None:
+            params[f"f_{column}"] = value
+            where.append(f"s.{column} = :f_{column}")
+    if f.nat is not None:
+        translated = ("(wk.addr0 <> sk.addr0 OR wk.addr1 <> sk.addr1 OR wk.port0 <> sk.port0 "
+                      "OR wk.port1 <> sk.port1 OR wk.af <> sk.af OR wk.rdomain <> sk.rdomain)")
+        where.append(translated if f.nat else f"NOT {translated}")
+    if f.open:
+        where.append("s.ended_before IS NULL")
+    if f.closed:
+        where.append("s.ended_before IS NOT NULL")
+    if f.min_bytes is not None:
+        params["min_bytes"] = f.min_bytes
+        where.append(f"({pick('bytes0')} + {pick('bytes1')}) >= :min_bytes")
+    if f.min_duration is not None:
+        params["min_duration"] = f.min_duration
+        where.append("(COALESCE(s.last_seen_at, :latest_at) - s.created_at) >= :min_duration")
+    order = _ORDERS.get(f.order)
+    if order is None:
+        raise ValueError(f"order must be one of {', '.join(_ORDERS)}")
+    sql = (
+        f"SELECT s.pk, s.state_id, s.creatorid, s.ifname, s.rule, s.anchor, s.nat_rule, "
+        f"s.proto, s.direction, s.af, s.log, s.rt, s.rtableid0, s.rtableid1, s.max_mss, "
+        f"s.min_ttl, s.set_tos, s.set_prio0, s.set_prio1, s.values_since, "
+        f"s.first_seen, s.first_seen_at, s.last_seen, s.last_seen_at, s.ended_before, "
+        f"s.ended_before_at, {values}, {ref}{exact}, "
+        f"wk.af AS w_af, wa0.bin AS w_addr0, wk.port0 AS w_port0, wa1.bin AS w_addr1, "
+        f"wk.port1 AS w_port1, wk.rdomain AS w_rdomain, "
+        f"sk.af AS s_af, sa0.bin AS s_addr0, sk.port0 AS s_port0, sa1.bin AS s_addr1, "
+        f"sk.port1 AS s_port1, sk.rdomain AS s_rdomain, rta.bin AS rt_bin, {peer_pick} "
+        f"FROM states s "
+        f"JOIN state_keys wk ON wk.state_pk = s.pk AND wk.side = 0 "
+        f"JOIN state_keys sk ON sk.state_pk = s.pk AND sk.side = 1 "
+        f"JOIN addresses wa0 ON wa0.id = wk.addr0 JOIN addresses wa1 ON wa1.id = wk.addr1 "
+        f"JOIN addresses sa0 ON sa0.id = sk.addr0 JOIN addresses sa1 ON sa1.id = sk.addr1 "
+        f"LEFT JOIN addresses rta ON rta.id = s.rt_addr "
+        f"JOIN state_peers ps ON ps.state_pk = s.pk AND ps.side = 0 "
+        f"JOIN state_peers pd ON pd.state_pk = s.pk AND pd.side = 1 "
+        f"{sample_join} "
+        + (f"WHERE {' AND '.join(where)} " if where else "")
+        + f"ORDER BY {order}"
+        + (f" LIMIT {int(f.limit)}" if f.limit is not None else ""))
+    return conn.execution_options(stream_results=True).execute(text(sql), params)
 
 
 # -- summaries -------------------------------------------------------------------

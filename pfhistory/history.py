@@ -1,0 +1,251 @@
+"""Looking back: PFState objects for past connections, from the history database.
+
+History never writes and never migrates. A state is rebuilt by exporting
+its stored values again as the 264-byte record pf_state_export() wrote and
+decoding that with the same native decoder as a live table, so its
+attributes and str() are the ones pfctl showed when it was observed.
+"""
+
+import ipaddress
+import re
+from collections import namedtuple
+from datetime import datetime, timezone
+
+from pfhistory import _native, queries, records
+from pfhistory.db import DatabaseError, open_engine, require_current_schema, resolve_url
+from pfhistory.exceptions import PFError
+from pfhistory.pf import states_from_columns
+from pfhistory.pfctl_text import format_records
+from pfhistory.pfvar import OPENBSD_AF_INET, OPENBSD_AF_INET6, PF_IN, PF_OUT
+from pfhistory.protocols import PROTOCOL_NUMBERS
+
+__all__ = ["History", "HistoryInfo", "parse_host", "parse_port", "parse_proto"]
+
+HistoryInfo = namedtuple("HistoryInfo", (
+    "first_seen",      # datetime of the first collection that saw the state
+    "last_seen",       # datetime of the last one (the newest collection while open)
+    "created_at",      # datetime the state was created (collection time minus its age)
+    "ended",           # None while open, else (last_seen, ended_before): it ended between
+    "collection",      # (id, datetime) of the collection whose values it carries
+    "exact",           # True: the values of that collection; False: its last observed ones
+))
+
+_BATCH = 5000
+_VIS = re.compile(r"\\(\\|[0-7]{3})")
+
+
+def _utc(epoch):
+    return None if epoch is None else datetime.fromtimestamp(epoch, timezone.utc)
+
+
+def _epoch(t):
+    if t is None:
+        return None
+    if isinstance(t, (int, float)):
+        return int(t)
+    if t.tzinfo is None:
+        t = t.astimezone()
+    return int(t.timestamp())
+
+
+def ifname_raw(text):
+    """The 16 bytes of an interface name shown escaped (the inverse of
+    pf.ifname_text)."""
+    raw = _VIS.sub(lambda m: "\\" if m.group(1) == "\\" else chr(int(m.group(1), 8)), text)
+    return raw.encode("latin-1")[:16]
+
+
+def parse_host(text, what="--host"):
+    """(af, first, last) binary bounds of an address or CIDR, as stored."""
+    try:
+        net = ipaddress.ip_network(str(text).strip(), strict=False)
+    except ValueError:
+        raise PFError(f"{what} {text!r} is not an IPv4 or IPv6 address or CIDR "
+                      f"(192.0.2.7, 10.0.0.0/8, 2001:db8::/32)") from None
+    af = OPENBSD_AF_INET if net.version == 4 else OPENBSD_AF_INET6
+    return af, net.network_address.packed, net.broadcast_address.packed
+
+
+def parse_port(value, what="--port"):
+    try:
+        port = int(str(value), 10)
+    except ValueError:
+        raise PFError(f"{what} {value!r} is not a port number (0-65535)") from None
+    if not 0 <= port <= 65535:
+        raise PFError(f"{what} {value!r} is not a port number (0-65535)")
+    return port
+
+
+def parse_proto(value, what="--proto"):
+    text = str(value).strip().lower()
+    if text.isdigit() and int(text) < 256:
+        return int(text)
+    if text in PROTOCOL_NUMBERS:
+        return PROTOCOL_NUMBERS[text]
+    raise PFError(f"{what} {value!r} is not a protocol name or number (tcp, udp, icmp, 47)")
+
+
+def _direction(value):
+    if value in (None, PF_IN, PF_OUT):
+        return value
+    text = str(value).lower()
+    if text in ("in", "1"):
+        return PF_IN
+    if text in ("out", "2"):
+        return PF_OUT
+    raise PFError(f"--direction {value!r} is not in or out")
+
+
+def _af(value):
+    import socket
+
+    if value in (None,):
+        return None
+    text = str(value).lower()
+    if value == socket.AF_INET or text in ("inet", "4", "ipv4", str(OPENBSD_AF_INET)):
+        return OPENBSD_AF_INET
+    if value == socket.AF_INET6 or text in ("inet6", "6", "ipv6", str(OPENBSD_AF_INET6)):
+        return OPENBSD_AF_INET6
+    raise PFError(f"--af {value!r} is not inet or inet6")
+
+
+class History:
+    """Read-only access to a pfhistory database (any SQLAlchemy URL or path)."""
+
+    def __init__(self, url=None):
+        self.url = resolve_url(url)
+        self.engine = open_engine(self.url, readonly=True)
+        try:
+            require_current_schema(self.engine, self.url)
+        except DatabaseError:
+            self.engine.dispose()
+            raise
+        except Exception as e:
+            self.engine.dispose()
+            from pfhistory.db import describe_db_error, is_db_error
+
+            if is_db_error(e):
+                raise DatabaseError(describe_db_error(e, self.url)) from None
+            raise
+
+    def close(self):
+        self.engine.dispose()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def collections(self):
+        """[(id, datetime)] of every collection, oldest first."""
+        with self.engine.connect() as conn:
+            return [(cid, _utc(at)) for cid, at in queries.collection_times(conn)]
+
+    def collection_at(self, t):
+        """(id, datetime) of the newest collection at or before t, or None."""
+        with self.engine.connect() as conn:
+            row = queries.collection_at_or_before(conn, _epoch(t))
+        return None if row is None else (row[0], _utc(row[1]))
+
+    def states(self, at=None, since=None, until=None, host=None, local=None, remote=None,
+               port=None, proto=None, af=None, ifname=None, direction=None, rule=None,
+               anchor=None, creatorid=None, id=None, nat=None, open=None, closed=None,
+               min_bytes=None, min_duration=None, order="first_seen", limit=None):
+        """PFState objects for past connections, filtered (all filters combine).
+
+        at: the state table of the newest collection at or before that time,
+        every state carrying its values of that collection where the samples
+        still hold them (history.exact tells). Without at, each state carries
+        its last observed values.
+        """
+        filters = queries.HistoryFilters(
+            since=_epoch(since), until=_epoch(until),
+            host=parse_host(host) if host is not None else None,
+            local=parse_host(local, "--local") if local is not None else None,
+            remote=parse_host(remote, "--remote") if remote is not None else None,
+            port=parse_port(port) if port is not None else None,
+            proto=parse_proto(proto) if proto is not None else None,
+            af=_af(af), ifname=ifname, direction=_direction(direction),
+            rule=rule, anchor=anchor, creatorid=creatorid,
+            state_id=None if id is None else (id - (1 << 64) if id >= 1 << 63 else id),
+            nat=nat, open=open, closed=closed, min_bytes=min_bytes,
+            min_duration=min_duration, order=order, limit=limit)
+        at_row = None
+        if at is not None:
+            with self.engine.connect() as conn:
+                at_row = queries.collection_at_or_before(conn, _epoch(at))
+            if at_row is None:
+                return iter(())
+        return self._stream(filters, at_row)
+
+    def _stream(self, filters, at_row):
+        with self.engine.connect() as conn:
+            latest = queries.latest_collection(conn)
+            if latest is None:
+                return
+            result = queries.history_rows(conn, filters, at_row)
+            while True:
+                rows = result.fetchmany(_BATCH)
+                if not rows:
+                    break
+                yield from _rebuild(rows, latest)
+
+    def table_at(self, t, verbose=2):
+        """What ``pfctl -ss`` printed (``-vv`` by default) at the collection at
+        or before t, in the order of that snapshot's records."""
+        # The kernel lists states in insertion order, which is id order for
+        # the ids one firewall hands out (pf_state_insert in sys/net/pf.c).
+        states = sorted(self.states(at=t), key=lambda s: (s.id, s.creatorid))
+        return "".join(format_records(s.record, verbose) for s in states)
+
+
+def _rebuild(rows, latest):
+    """PFState objects from history rows: records exported again, decoded."""
+    recs = []
+    infos = []
+    for r in rows:
+        ref_id, ref_at = r.ref_collection, r.ref_at
+        recs.append(_record(r, ref_at))
+        ended = None if r.ended_before is None else (_utc(r.last_seen_at), _utc(r.ended_before_at))
+        infos.append(HistoryInfo(
+            first_seen=_utc(r.first_seen_at),
+            last_seen=_utc(r.last_seen_at if r.last_seen_at is not None else latest[1]),
+            created_at=_utc(r.v_created_at),
+            ended=ended,
+            collection=(ref_id, _utc(ref_at)),
+            exact=bool(r.exact)))
+    columns = _native.decode(b"".join(recs))
+    return states_from_columns(columns, history=infos)
+
+
+def _addr16(binary):
+    return bytes(binary).ljust(16, b"\0")
+
+
+def _u32(v):
+    return max(0, min(int(v), 0xFFFFFFFF))
+
+
+def _record(r, ref_at):
+    """One row's values as the 264-byte record pf_state_export() writes."""
+    peers = []
+    for p in ("src_", "dst_"):
+        g = lambda f: getattr(r, p + f)  # noqa: E731
+        peers += [g("pfss_flags"), g("pfss_ttl"), g("scrub_flag"), g("pfss_ts_mod"),
+                  g("seqlo"), g("seqhi"), g("seqdiff"), g("max_win"), g("mss"), g("state"),
+                  g("wscale")]
+    state_id = r.state_id + (1 << 64) if r.state_id < 0 else r.state_id
+    return records.STATE.pack(
+        state_id, ifname_raw(r.ifname),
+        _addr16(r.w_addr0), _addr16(r.w_addr1), r.w_port0, r.w_port1, r.w_rdomain, r.w_af,
+        _addr16(r.s_addr0), _addr16(r.s_addr1), r.s_port0, r.s_port1, r.s_rdomain, r.s_af,
+        *peers,
+        _addr16(r.rt_bin) if r.rt_bin is not None else bytes(16),
+        r.rule, r.anchor, r.nat_rule,
+        _u32(ref_at - r.v_created_at), _u32(r.v_expires_at - ref_at),
+        r.v_packets0, r.v_packets1, r.v_bytes0, r.v_bytes1,
+        r.creatorid, r.rtableid0, r.rtableid1, r.max_mss,
+        r.af, r.proto, r.direction, r.log, r.rt, r.v_timeout,
+        r.v_sync_flags, r.v_updates, r.min_ttl, r.set_tos, r.v_state_flags,
+        r.set_prio0, r.set_prio1)
