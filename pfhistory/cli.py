@@ -385,6 +385,93 @@ def _cmd_summary(args):
     return 0
 
 
+def _add_show(sub):
+    p = sub.add_parser(
+        "show",
+        help="past connections from the history, as pfctl -ss or as JSON/CSV",
+        description="States from the history, filtered. Text is pfctl's, with the history "
+                    "times on a further line; json (one object per line) and csv carry every "
+                    "field by its py-pf name plus the history fields. Times are ISO 8601 "
+                    "(local time unless an offset is given) or durations back from now "
+                    "(90m, 2h, 3d).",
+        epilog="Examples:\n"
+               "  pfhistory show --host 10.0.0.23 --since 02:00 --until 03:00\n"
+               "  pfhistory show --nat --host 203.0.113.7 --port 51234 --at 2026-11-24T10:02\n"
+               "  pfhistory show --port 3389 --open --format json\n"
+               "  pfhistory show --at 2h -vv                 # the table two hours ago\n",
+    )
+    _add_db_option(p)
+    p.add_argument("--at", metavar="TIME", help="the table as of the collection at or before TIME")
+    p.add_argument("--since", metavar="TIME", help="states alive at or after TIME")
+    p.add_argument("--until", metavar="TIME", help="states alive at or before TIME")
+    p.add_argument("--host", metavar="ADDR|CIDR", help="any endpoint on either key (NAT too)")
+    p.add_argument("--local", metavar="ADDR|CIDR", help="the local endpoint (either key)")
+    p.add_argument("--remote", metavar="ADDR|CIDR", help="the remote endpoint (either key)")
+    p.add_argument("--port", metavar="PORT", help="any endpoint's port")
+    p.add_argument("--proto", metavar="NAME|NUMBER", help="tcp, udp, icmp, 47, ...")
+    p.add_argument("--af", choices=("inet", "inet6"))
+    p.add_argument("-i", "--interface", metavar="IFNAME")
+    p.add_argument("--direction", choices=("in", "out"))
+    p.add_argument("-R", "--rule", type=_rule_number, metavar="RULE")
+    p.add_argument("--anchor", type=_rule_number, metavar="ANCHOR")
+    p.add_argument("--creatorid", type=_hex_u32, metavar="HEX")
+    p.add_argument("--id", type=_hex_u64, metavar="HEX", help="the state id, as pfctl prints it")
+    p.add_argument("--nat", action="store_true", help="only translated states (wire key != stack key)")
+    state = p.add_mutually_exclusive_group()
+    state.add_argument("--open", action="store_true", help="only states still open")
+    state.add_argument("--closed", action="store_true", help="only states that ended")
+    p.add_argument("--min-bytes", type=_positive_int, metavar="N")
+    p.add_argument("--min-duration", metavar="DURATION", help="e.g. 3d")
+    p.add_argument("--order", default="first_seen",
+                   choices=("first_seen", "created", "last_seen", "bytes", "duration", "id"))
+    p.add_argument("--limit", type=_positive_int, metavar="N")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="-v, -vv as pfctl")
+    p.add_argument("--format", choices=("text", "json", "csv"), default="text")
+    p.set_defaults(func=_cmd_show)
+
+
+def _hex_u64(text):
+    try:
+        n = int(text, 16)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a hex state id") from None
+    if not 0 <= n < 1 << 64:
+        raise argparse.ArgumentTypeError(f"{text!r} does not fit in 64 bits")
+    return n
+
+
+def _cmd_show(args):
+    from pfhistory import output
+    from pfhistory.history import History
+    from pfhistory.timespec import parse_duration, parse_time
+
+    def when(value, what):
+        return None if value is None else parse_time(value, what=what)
+
+    filters = dict(
+        at=when(args.at, "--at"), since=when(args.since, "--since"),
+        until=when(args.until, "--until"), host=args.host, local=args.local,
+        remote=args.remote, port=args.port, proto=args.proto, af=args.af,
+        ifname=args.interface, direction=args.direction, rule=args.rule, anchor=args.anchor,
+        creatorid=args.creatorid, id=args.id, nat=True if args.nat else None,
+        open=args.open or None, closed=args.closed or None, min_bytes=args.min_bytes,
+        min_duration=(int(parse_duration(args.min_duration, "--min-duration"))
+                      if args.min_duration else None),
+        order=args.order, limit=args.limit)
+    if filters["since"] and filters["until"] and filters["until"] < filters["since"]:
+        raise PFError("--until is before --since")
+    with History(args.db) as history:
+        states = history.states(**filters)
+        if args.format == "json":
+            output.write_json(states, sys.stdout)
+        elif args.format == "csv":
+            output.write_csv(states, sys.stdout)
+        else:
+            output.write_text(states, sys.stdout, verbose=min(args.verbose, 2))
+    sys.stdout.flush()
+    return 0
+
+
 def build_parser():
     """The whole command line, for main() and the documentation test."""
     parser = _Parser(
@@ -402,6 +489,7 @@ def build_parser():
     _add_db(sub)
     _add_prune(sub)
     _add_summary(sub)
+    _add_show(sub)
     return parser
 
 
