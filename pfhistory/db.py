@@ -122,7 +122,10 @@ def open_engine(url, create=False, readonly=False, wait=BUSY_TIMEOUT_S):
         if path is not None:
             _prepare_sqlite_file(path, create)
             if readonly:
-                url = make_url(f"sqlite:///file:{path}?mode=ro&uri=true")
+                # On read-only media SQLite cannot make the WAL index (-shm):
+                # nothing can change the file there, so read it as immutable.
+                flags = "mode=ro" if os.access(path.parent, os.W_OK) else "immutable=1"
+                url = make_url(f"sqlite:///file:{path}?{flags}&uri=true")
         engine = create_engine(url, connect_args={"timeout": wait})
         event.listen(engine, "connect",
                      lambda dbapi_conn, rec: _on_sqlite_connect(dbapi_conn, rec, wait))

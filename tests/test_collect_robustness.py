@@ -197,6 +197,11 @@ def test_read_only_database_is_one_sentence(tmp_path, medium_series):
         assert result.returncode == 1
         assert len(result.stderr.splitlines()) == 1, result.stderr
         assert "read-only" in result.stderr or "cannot open" in result.stderr
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        con = sqlite3.connect(f"file:{db}?immutable=1", uri=True)
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert con.execute("SELECT count(*) FROM collections").fetchone()[0] == 1
         con.close()
+        # The history stays readable where it cannot be written.
+        shown = run_cli("show", "--db", db, "--limit", "3")
+        assert shown.returncode == 0, shown.stderr
+        assert shown.stdout.count("history:") == 3
