@@ -1,0 +1,290 @@
+"""Looking back: History rebuilds what pfctl showed, and every filter is right."""
+
+import csv
+import io
+import ipaddress
+import json
+import sqlite3
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from conftest import START, run_cli
+from pfhistory import pf
+from pfhistory.exceptions import PFError
+from pfhistory.history import History
+from pfhistory.output import csv_header
+from pfhistory.pfctl_text import format_records
+
+
+@pytest.fixture(scope="module")
+def series(tmp_path_factory):
+    """Eight snapshots a minute apart (one missing), recorded by the CLI."""
+    from pfhistory.simulate import SimulationConfig, simulate
+
+    out = tmp_path_factory.mktemp("history")
+    cfg = SimulationConfig(states=1500, interval=60.0, duration=480.0, seed=9, start=START,
+                           creatorid=0x1A2B3C4D, missing=(4,))
+    result = simulate(cfg, out / "snapshots", truth=True)
+    db = out / "history.db"
+    rc = run_cli("collect", "--db", db, "--from-file", *[p for _t, p in result.snapshots])
+    assert rc.returncode == 0, rc.stderr
+    return result, db
+
+
+@pytest.fixture(scope="module")
+def history(series):
+    with History(str(series[1])) as h:
+        yield h
+
+
+def _observations(series):
+    """Brute force: every decoded state of every snapshot, by identity."""
+    result, _db = series
+    seen = {}
+    for index, (when, path) in enumerate(result.snapshots):
+        for s in pf.parse_states(path.read_bytes()):
+            seen.setdefault((s.creatorid, s.id), []).append((index, when, s))
+    return seen
+
+
+def test_every_collection_is_rebuilt_exactly(series, history):
+    result, _db = series
+    for when, path in result.snapshots:
+        expected = pf.parse_states(path.read_bytes())
+        rebuilt = list(history.states(at=when))
+        assert len(rebuilt) == len(expected)
+        assert sorted(map(str, rebuilt)) == sorted(map(str, expected))
+        for s in rebuilt:
+            assert s.history.exact and s.history.collection[1] == when
+        # table_at: exactly pfctl -ss -vv of that snapshot (the simulator, like
+        # the kernel, lists states in insertion = id order).
+        assert history.table_at(when) == format_records(path.read_bytes(), 2)
+
+
+def test_at_between_collections_uses_the_one_before(series, history):
+    result, _db = series
+    when, path = result.snapshots[2]
+    later = list(history.states(at=when + timedelta(seconds=59)))
+    assert sorted(map(str, later)) == sorted(map(str, pf.parse_states(path.read_bytes())))
+    assert list(history.states(at=result.snapshots[0][0] - timedelta(seconds=1))) == []
+
+
+def test_rebuilt_attributes_equal_the_decoded_ones(series, history):
+    result, _db = series
+    when, path = result.snapshots[3]
+    expected = {(s.creatorid, s.id): s for s in pf.parse_states(path.read_bytes())}
+    for s in history.states(at=when):
+        e = expected[(s.creatorid, s.id)]
+        for name in ("id", "ifname", "rule", "anchor", "nat_rule", "creation", "expire",
+                     "packets", "bytes", "creatorid", "af", "proto", "direction",
+                     "state_flags", "sync_flags", "src", "dst", "nk", "sk", "rt", "rt_addr",
+                     "rtableid", "max_mss", "log", "timeout", "updates", "min_ttl", "set_tos",
+                     "set_prio", "record"):
+            assert getattr(s, name) == getattr(e, name), name
+
+
+def test_without_at_states_carry_their_last_observed_values(series, history):
+    obs = _observations(series)
+    states = list(history.states())
+    assert len(states) == len(obs)
+    for s in states:
+        last_index, last_when, last = obs[(s.creatorid, s.id)][-1]
+        assert str(s) == str(last)
+        first_when = obs[(s.creatorid, s.id)][0][1]
+        assert s.history.first_seen == first_when
+        assert s.first_seen == first_when  # history fields read as attributes too
+        assert s.history.collection[1] == last_when
+        if last_index == len(series[0].snapshots) - 1:
+            assert s.history.ended is None
+        else:
+            assert s.history.ended[0] == last_when
+
+
+def test_nat_reverse_lookup_finds_the_internal_host(series, history):
+    result, _db = series
+    when, path = result.snapshots[5]
+    nat = [s for s in pf.parse_states(path.read_bytes())
+           if s.direction == pf.PF_OUT and s.wire_key != s.stack_key and s.wire_key.port[1]]
+    target = nat[0]
+    public, port = str(target.wire_key.addr[1]), int(target.wire_key.port[1])
+    found = [s for s in history.states(host=public, port=port, nat=True, at=when)
+             if str(s.wire_key.addr[1]) == public and s.wire_key.port[1] == port]
+    assert [str(s.stack_key.addr[1]) for s in found] == [str(target.stack_key.addr[1])]
+    out = run_cli("show", "--db", series[1], "--host", public, "--port", port, "--nat",
+                  "--at", when.isoformat(), "--format", "json")
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert any(r["sk"]["addr"][1] == str(target.stack_key.addr[1]) for r in rows)
+
+
+def _in(addr, bounds):
+    return ipaddress.ip_address(str(addr)) in ipaddress.ip_network(bounds, strict=False)
+
+
+def _lifetime(obs_list):
+    first_when, last = obs_list[0][1], obs_list[-1][2]
+    return first_when, obs_list[-1][1], last
+
+
+FILTERS = [
+    ({"host": "10.0.0.0/16"}, lambda s: any(_in(a, "10.0.0.0/16") for k in (s.wire_key, s.stack_key)
+                                             for a in k.addr if k.record_af == 2)),
+    ({"local": "fd00::/64"}, lambda s: any(_in(k.addr[1], "fd00::/64")
+                                           for k in (s.wire_key, s.stack_key) if k.record_af == 24)),
+    ({"remote": "203.0.113.0/24"}, lambda s: any(_in(k.addr[0], "203.0.113.0/24")
+                                                 for k in (s.wire_key, s.stack_key)
+                                                 if k.record_af == 2)),
+    ({"port": 53}, lambda s: 53 in [int(p) for k in (s.wire_key, s.stack_key) for p in k.port]),
+    ({"proto": "udp"}, lambda s: s.proto == 17),
+    ({"proto": 58}, lambda s: s.proto == 58),
+    ({"af": "inet6"}, lambda s: s.record_af == 24),
+    ({"ifname": "em0"}, lambda s: s.ifname == "em0"),
+    ({"direction": "in"}, lambda s: s.direction == pf.PF_IN),
+    ({"nat": True}, lambda s: s.wire_key != s.stack_key),
+    ({"proto": "tcp", "direction": "out", "nat": True},
+     lambda s: s.proto == 6 and s.direction == pf.PF_OUT and s.wire_key != s.stack_key),
+    ({"min_bytes": 1_000_000}, lambda s: sum(s.bytes) >= 1_000_000),
+]
+
+
+@pytest.mark.parametrize("kwargs,predicate", FILTERS, ids=[str(f[0]) for f in FILTERS])
+def test_filters_match_a_brute_force_scan(series, history, kwargs, predicate):
+    obs = _observations(series)
+    expected = {key for key, o in obs.items() if predicate(o[-1][2])}
+    got = {(s.creatorid, s.id) for s in history.states(**kwargs)}
+    assert got == expected
+    assert expected, "the simulated data exercises this filter"
+
+
+def test_rule_anchor_creatorid_and_id_filters(series, history):
+    obs = _observations(series)
+    some = next(iter(obs.values()))[-1][2]
+    assert {(s.creatorid, s.id) for s in history.states(rule=some.rule)} == \
+        {k for k, o in obs.items() if o[-1][2].rule == some.rule}
+    assert {(s.creatorid, s.id) for s in history.states(anchor=some.anchor)} == \
+        {k for k, o in obs.items() if o[-1][2].anchor == some.anchor}
+    assert len(list(history.states(creatorid=0x1A2B3C4D))) == len(obs)
+    assert [s.id for s in history.states(id=some.id)] == [some.id]
+
+
+def test_open_closed_and_duration_filters(series, history):
+    obs = _observations(series)
+    last_index = len(series[0].snapshots) - 1
+    open_keys = {k for k, o in obs.items() if o[-1][0] == last_index}
+    assert {(s.creatorid, s.id) for s in history.states(open=True)} == open_keys
+    assert {(s.creatorid, s.id) for s in history.states(closed=True)} == set(obs) - open_keys
+    long = {(s.creatorid, s.id) for s in history.states(min_duration=86400)}
+    for key in long:
+        _first, last_when, last = _lifetime(obs[key])
+        assert last.creation + 0 >= 0
+    assert long, "some simulated connections are days old"
+
+
+def test_since_until_overlap(series, history):
+    result, _db = series
+    obs = _observations(series)
+    since = result.snapshots[2][0]
+    until = result.snapshots[3][0]
+    got = {(s.creatorid, s.id) for s in history.states(since=since, until=until)}
+    for key, o in obs.items():
+        first_when, last_when, last = _lifetime(o)
+        created = last_when - timedelta(seconds=last.creation)
+        if first_when <= until and last_when >= since:
+            assert key in got  # seen inside the interval
+        if created > until:
+            assert key not in got
+
+
+def test_ordering_and_limit(history):
+    biggest = list(history.states(order="bytes", limit=5))
+    sizes = [sum(s.bytes) for s in biggest]
+    assert len(biggest) == 5 and sizes == sorted(sizes, reverse=True)
+    everything = max(sum(s.bytes) for s in history.states())
+    assert sizes[0] == everything
+
+
+def test_show_formats_carry_the_same_states(series):
+    _result, db = series
+    text = run_cli("show", "--db", db, "--proto", "icmp", "-vv")
+    js = run_cli("show", "--db", db, "--proto", "icmp", "--format", "json")
+    cs = run_cli("show", "--db", db, "--proto", "icmp", "--format", "csv")
+    assert text.returncode == js.returncode == cs.returncode == 0
+    rows = [json.loads(line) for line in js.stdout.splitlines()]
+    table = list(csv.DictReader(io.StringIO(cs.stdout)))
+    assert rows and len(rows) == len(table) == text.stdout.count("   history: ")
+    assert [r["id"] for r in rows] == [r["id"] for r in table]
+    for name in ("id", "ifname", "rule", "anchor", "creation", "expire", "packets", "bytes",
+                 "creatorid", "af", "proto", "direction", "state_flags", "sync_flags", "src",
+                 "dst", "nk", "sk", "first_seen", "last_seen", "created_at", "collection",
+                 "exact"):
+        assert name in rows[0], name
+    assert list(table[0]) == csv_header()
+    assert "src_seqlo" in table[0] and "nk_addr1" in table[0] and "packets0" in table[0]
+    assert f"id: {rows[0]['id']}" in text.stdout
+
+
+def _one_sentence(result):
+    assert result.returncode != 0
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pfhistory: "), result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--at", "last tuesday"], "ISO 8601"),
+    (["--host", "10.0.0.300"], "not an IPv4 or IPv6 address or CIDR"),
+    (["--host", "1.2.3.4'; DROP TABLE states; --"], "not an IPv4 or IPv6"),
+    (["--port", "http"], "not a port number"),
+    (["--port", "70000"], "not a port number"),
+    (["--proto", "carrier-pigeon"], "not a protocol name"),
+    (["--min-duration", "forever"], "not a duration"),
+    (["--since", "2026-11-24T23:00Z", "--until", "2026-11-24T22:00Z"], "--until is before --since"),
+])
+def test_bad_filter_values_are_one_sentence(series, args, words):
+    assert words in _one_sentence(run_cli("show", "--db", series[1], *args))
+
+
+def test_hostile_strings_only_reach_sql_as_parameters(series, history):
+    hostile = "em0' OR '1'='1'; DROP TABLE states; --"
+    assert list(history.states(ifname=hostile)) == []
+    result = run_cli("show", "--db", series[1], "-i", hostile)
+    assert result.returncode == 0 and result.stdout == ""
+    con = sqlite3.connect(series[1])
+    assert con.execute("SELECT count(*) FROM states").fetchone()[0] > 0
+    con.close()
+
+
+def test_missing_empty_and_foreign_databases(tmp_path):
+    assert "no such database" in _one_sentence(run_cli("show", "--db", tmp_path / "none.db"))
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).close()
+    assert "empty" in _one_sentence(run_cli("show", "--db", empty))
+    other = tmp_path / "other.db"
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE t (x)")
+    con.commit()
+    con.close()
+    assert "not a pfhistory database" in _one_sentence(run_cli("show", "--db", other))
+    with pytest.raises(PFError):
+        History(str(other))
+
+
+def test_times_are_local_unless_an_offset_is_given(series):
+    result, db = series
+    when = result.snapshots[1][0]
+    berlin = (when + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S")  # naive, local
+    a = run_cli("show", "--db", db, "--at", berlin, "--format", "json", "--limit", "3",
+                env={"TZ": "Europe/Berlin"})
+    b = run_cli("show", "--db", db, "--at", when.isoformat(), "--format", "json", "--limit", "3",
+                env={"TZ": "UTC"})
+    assert a.returncode == b.returncode == 0, a.stderr + b.stderr
+    rows_a = [json.loads(line) for line in a.stdout.splitlines()]
+    rows_b = [json.loads(line) for line in b.stdout.splitlines()]
+    assert [r["id"] for r in rows_a] == [r["id"] for r in rows_b] and rows_a
+    assert rows_a[0]["collection"] == rows_b[0]["collection"] == 2
+    assert rows_a[0]["collection_at"].endswith("+01:00")
+    assert rows_b[0]["collection_at"].endswith("+00:00")
+    # Durations count back from now: the simulated November is in the past.
+    ago = run_cli("show", "--db", db, "--since", "1h", "--closed")
+    assert ago.returncode == 0 and ago.stdout == ""
