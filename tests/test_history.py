@@ -288,3 +288,24 @@ def test_times_are_local_unless_an_offset_is_given(series):
     # Durations count back from now: the simulated November is in the past.
     ago = run_cli("show", "--db", db, "--since", "1h", "--closed")
     assert ago.returncode == 0 and ago.stdout == ""
+
+
+def test_outside_sample_retention_the_set_stays_exact(series, tmp_path):
+    result, _db = series
+    db = tmp_path / "short.db"
+    files = [p for _t, p in result.snapshots]
+    assert run_cli("collect", "--db", db, "--from-file", *files,
+                   "--sample-retention", "60s").returncode == 0
+    with History(str(db)) as h:
+        when, path = result.snapshots[1]
+        expected = pf.parse_states(path.read_bytes())
+        rebuilt = list(h.states(at=when))
+        assert {(s.creatorid, s.id) for s in rebuilt} == {(s.creatorid, s.id) for s in expected}
+        inexact = [s for s in rebuilt if not s.history.exact]
+        assert inexact, "retention dropped the values of some states"
+        last = {(s.creatorid, s.id): s for s in h.states()}
+        for s in inexact:
+            assert s.packets == last[(s.creatorid, s.id)].packets
+        # Inside the retention every answer is exact.
+        recent = result.snapshots[-1][0]
+        assert all(s.history.exact for s in h.states(at=recent))
