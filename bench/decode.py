@@ -8,7 +8,9 @@ a fresh subprocess so that peak memory (ru_maxrss) belongs to one task:
   (a) columns  - decoding to the values the collector writes (every field
                  as host-order ints / 16-byte strings, chunk by chunk)
       stdlib   - the same values with struct.iter_unpack, no native code
-  (b) objects  - PFState objects (pfhistory.pf.iter_states)
+  (b) objects  - PFState objects (pfhistory.pf.iter_states); and the same
+                 with the chapter's attributes read on every state, beside
+                 py-pf doing the same (its objects are built eagerly, ours on access)
   (c) states   - `pfhistory states -vv FILE > /dev/null`, a real subprocess
   py-pf        - PFState construction, and construction plus str()
 
@@ -70,16 +72,33 @@ def measure_stdlib(path, limit):
     return n
 
 
-def measure_objects(path, limit):
+# The attributes of the chapter "Managing state tables", read on every state
+# by the "read" measures (py-pf builds them all up front; pfhistory on access).
+ATTRIBUTES = ("id", "ifname", "rule", "anchor", "creation", "expire", "packets", "bytes",
+              "creatorid", "af", "proto", "direction", "state_flags", "sync_flags")
+
+
+def _read_all(state):
+    for name in ATTRIBUTES:
+        getattr(state, name)
+    for peer in (state.src, state.dst):
+        peer.seqlo, peer.seqhi, peer.state, peer.max_win, peer.wscale
+    for key in (state.nk, state.sk):
+        key.addr[0], key.addr[1], key.port[0], key.port[1], key.rdomain
+
+
+def measure_objects(path, limit, read=False):
     from pfhistory import pf
 
     n = 0
-    for _state in pf.iter_states(path):
+    for state in pf.iter_states(path):
+        if read:
+            _read_all(state)
         n += 1
     return n
 
 
-def measure_pypf(path, limit, with_str=False):
+def measure_pypf(path, limit, with_str=False, read=False):
     import pf._struct as pypf_struct
     import pf.state as pypf_state
 
@@ -93,6 +112,8 @@ def measure_pypf(path, limit, with_str=False):
                 # (KeyError on af 24); they are left out of its count.
                 continue
             state = pypf_state.PFState(record)
+            if read:
+                _read_all(state)
             if with_str:
                 str(state)
             n += 1
@@ -103,17 +124,31 @@ MEASURES = {
     "columns": measure_columns,
     "stdlib": measure_stdlib,
     "objects": measure_objects,
+    "objects_read": lambda path, limit: measure_objects(path, limit, read=True),
     "pypf": measure_pypf,
+    "pypf_read": lambda path, limit: measure_pypf(path, limit, read=True),
     "pypf_str": lambda path, limit: measure_pypf(path, limit, with_str=True),
 }
+
+
+def peak_rss_kb():
+    """This process's peak resident memory. ru_maxrss would do, but Linux
+    carries it over from the parent across fork and exec; VmHWM does not."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def _child(name, path, limit):
     start = time.perf_counter()
     n = MEASURES[name](path, limit)
     seconds = time.perf_counter() - start
-    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"states": n, "seconds": seconds, "maxrss_kb": rss_kb}))
+    print(json.dumps({"states": n, "seconds": seconds, "maxrss_kb": peak_rss_kb()}))
 
 
 def _run(name, path, limit):
@@ -135,8 +170,8 @@ def _run_states_cli(path):
 
 def _baseline_rss_kb():
     cmd = [sys.executable, "-c",
-           "import resource, pfhistory.pf; "
-           "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"]
+           "import sys; sys.path.insert(0, sys.argv[1]); import decode, pfhistory.pf; "
+           "print(decode.peak_rss_kb())", str(Path(__file__).resolve().parent)]
     return int(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
 
 
@@ -169,7 +204,7 @@ def main():
     print(f"file: {path} ({size / 1e6:.1f} MB, {size // RECORD} states)")
     base_kb = _baseline_rss_kb()
     r = {name: _run(name, path, args.pypf_limit) for name in
-         ("columns", "stdlib", "objects", "pypf", "pypf_str")}
+         ("columns", "stdlib", "objects", "objects_read", "pypf", "pypf_read", "pypf_str")}
     cli_seconds = _run_states_cli(path)
     rate = {k: v["states"] / v["seconds"] for k, v in r.items()}
     rate["states_cli"] = (size // RECORD) / cli_seconds
@@ -180,11 +215,13 @@ def main():
         print(f"{label:<44}{rate[key]:>12,.0f} states/s  {ratio:7.1f}x {versus}{goal}")
 
     print(f"{'py-pf 0.2.3 PFState construction':<44}{rate['pypf']:>12,.0f} states/s")
+    print(f"{'py-pf 0.2.3 ... and reading the attributes':<44}{rate['pypf_read']:>12,.0f} states/s")
     print(f"{'py-pf 0.2.3 PFState construction + str()':<44}{rate['pypf_str']:>12,.0f} states/s")
     print(f"{'stdlib struct.iter_unpack to columns':<44}{rate['stdlib']:>12,.0f} states/s")
     line("(a) pfhistory columns (collector values)", "columns", "pypf", 20)
     line("(a) pfhistory columns vs stdlib", "columns", "stdlib", 1)
     line("(b) pfhistory PFState objects", "objects", "pypf", 20)
+    line("(b) ... and reading the chapter's attributes", "objects_read", "pypf_read")
     line("(c) pfhistory states -vv (subprocess)", "states_cli", "pypf_str", 20)
     peak = r["columns"]["maxrss_kb"] * 1024
     print(f"(a) peak memory: {peak / 1e6:.0f} MB whole process "

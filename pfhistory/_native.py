@@ -59,7 +59,8 @@ class Columns:
     ``record`` gives each record's 264 bytes as they were read.
     """
 
-    __slots__ = ("n", "_stride", "_u64", "_num", "_uniq", "_data", "_cache")
+    __slots__ = ("n", "_stride", "_u64", "_num", "_uniq", "_data", "_cache", "extras",
+                 "__weakref__")
 
     def __init__(self, n, stride, u64, num, uniq, data):
         self.n = n
@@ -69,11 +70,16 @@ class Columns:
         self._uniq = uniq
         self._data = data
         self._cache = {}
+        self.extras = {}  # what callers derive once per chunk (pfhistory.pf's objects)
 
     @property
     def data(self):
         """The whole records these columns were decoded from."""
         return self._data
+
+    def record(self, i):
+        """Record i's 264 bytes."""
+        return bytes(self._data[i * RECORD_SIZE:(i + 1) * RECORD_SIZE])
 
     @property
     def uniq(self):

@@ -7,10 +7,8 @@ decoded values into objects. Address families: the record says 2 or 24
 while ``record_af`` keeps the record's byte.
 """
 
-import gc
 import os
 import socket
-from contextlib import contextmanager
 from itertools import repeat
 from operator import itemgetter
 
@@ -219,50 +217,76 @@ class PFStateKey(tuple):
         return f"PFStateKey({a[0]}:{p[0]}, {a[1]}:{p[1]}, rdomain={self[2]})"
 
 
-# The flat values a PFState holds, in this order; nested objects (peers,
-# keys, pairs) are views made from them on access.
-_PEER_COLUMNS = PFStatePeer._fields
-_KEY_COLUMNS = ("addr0", "addr1", "port0", "port1", "rdomain", "af")
-_FLAT = (
-    "id", "ifname", "rule", "anchor", "nat_rule", "creation", "expire",
-    "packets0", "packets1", "bytes0", "bytes1", "creatorid", "af", "proto",
-    "direction", "log", "rt", "rt_addr", "rtableid0", "rtableid1", "max_mss",
-    "timeout", "sync_flags", "updates", "min_ttl", "set_tos", "set_prio0",
-    "set_prio1", "state_flags",
-    *("wire_" + f for f in _KEY_COLUMNS), *("stack_" + f for f in _KEY_COLUMNS),
-    *("src_" + f for f in _PEER_COLUMNS), *("dst_" + f for f in _PEER_COLUMNS),
-    "record", "history",
-)
-_AT = {name: i for i, name in enumerate(_FLAT)}
+_PLAIN = ("id", "rule", "anchor", "nat_rule", "creation", "expire", "creatorid", "proto",
+          "direction", "log", "rt", "max_mss", "timeout", "sync_flags", "updates", "min_ttl",
+          "set_tos", "state_flags")
+_PAIRS = {"packets": ("packets0", "packets1"), "bytes": ("bytes0", "bytes1"),
+          "rtableid": ("rtableid0", "rtableid1"), "set_prio": ("set_prio0", "set_prio1")}
+_OBJECTS = "pfhistory.pf objects"
 
 
-def _key_view(first):
-    """A property building the PFStateKey whose six values start at first."""
-    get = itemgetter(*range(first, first + 6))
-
-    def key(self):
-        a0, a1, p0, p1, rdomain, af = get(self)
-        ports = _port_table()
-        return tuple.__new__(PFStateKey, ((a0, a1), (ports[p0], ports[p1]), rdomain,
-                                          _HOST_AF.get(af, af), af))
-    return key
-
-
-def _peer_view(first):
-    """A function building the PFStatePeer whose eleven values start at first."""
-    def peer(self):
-        return tuple.__new__(PFStatePeer, self[first:first + 11])
-    return peer
+def _objects(c):
+    """One PFAddr or interface name per distinct 16-byte value of a chunk,
+    made once per chunk (the values are interned in C)."""
+    objects = c.extras.get(_OBJECTS)
+    if objects is None:
+        objects = c.extras[_OBJECTS] = [
+            PFAddr._from_record(af, raw) if kind == _UNIQ_ADDR else ifname_text(raw)
+            for kind, af, raw in c["uniq"]]
+    return objects
 
 
-_wire_key = _key_view(_AT["wire_addr0"])
-_stack_key = _key_view(_AT["stack_addr0"])
-_record_src = _peer_view(_AT["src_seqlo"])
-_record_dst = _peer_view(_AT["dst_seqlo"])
-_DIRECTION = _AT["direction"]
-_HISTORY = _AT["history"]
-_RECORD_AF = _AT["af"]
-_PROTO = _AT["proto"]
+def _column(c, name):
+    """A chunk's column as a list (made on first use, then cached)."""
+    col = c._cache.get(name)
+    return c[name] if col is None else col
+
+
+def _plain(name):
+    def get(self):
+        c, i, _h = self
+        col = c._cache.get(name)
+        return (c[name] if col is None else col)[i]
+    get.__name__ = name
+    return property(get, doc=f"{name} (read-only)")
+
+
+def _pair(first, second):
+    def get(self):
+        c, i, _h = self
+        return (_column(c, first)[i], _column(c, second)[i])
+    return property(get)
+
+
+def _object(name):
+    ref = name + "_ref"
+
+    def get(self):
+        c, i, _h = self
+        return _objects(c)[_column(c, ref)[i]]
+    get.__name__ = name
+    return property(get, doc=f"{name} (read-only)")
+
+
+_KEY_NAMES = {side: tuple(f"{side}_{f}" for f in ("addr0_ref", "addr1_ref", "port0", "port1",
+                                                  "rdomain", "af"))
+              for side in ("wire", "stack")}
+_PEER_NAMES = {side: tuple(f"{side}_{f}" for f in PFStatePeer._fields) for side in ("src", "dst")}
+
+
+def _key(self, side):
+    c, i, _h = self
+    objects, ports = _objects(c), _port_table()
+    get = c._cache.get
+    a0, a1, p0, p1, rdomain, af = [(get(name) or c[name])[i] for name in _KEY_NAMES[side]]
+    return tuple.__new__(PFStateKey, ((objects[a0], objects[a1]), (ports[p0], ports[p1]),
+                                      rdomain, _HOST_AF.get(af, af), af))
+
+
+def _peer(self, side):
+    c, i, _h = self
+    get = c._cache.get
+    return tuple.__new__(PFStatePeer, [(get(name) or c[name])[i] for name in _PEER_NAMES[side]])
 
 
 class PFState(tuple):
@@ -278,64 +302,98 @@ class PFState(tuple):
     the collection whose values it carries, exact or last observed), whose
     fields also read as attributes of the state.
 
-    A flat tuple of decoded values underneath, so that a million states are
-    built at C speed and compare by value; the nested objects (peers, keys,
-    pairs) are made when an attribute asks for them. Read-only, like the
-    table it came from.
+    A view: it holds its chunk of decoded columns and its place in them, and
+    makes each attribute when asked, so a million states cost little until
+    they are read. States compare by record (and history). Read-only, like
+    the table they came from.
     """
 
     __slots__ = ()
-    _fields = _FLAT
 
-    packets = property(itemgetter(_AT["packets0"], _AT["packets1"]),
-                       doc="(packets in the state's direction, packets back)")
-    bytes = property(itemgetter(_AT["bytes0"], _AT["bytes1"]),
-                     doc="(bytes in the state's direction, bytes back)")
-    rtableid = property(itemgetter(_AT["rtableid0"], _AT["rtableid1"]),
-                        doc="(wire rtable, stack rtable); -1 where unset")
-    set_prio = property(itemgetter(_AT["set_prio0"], _AT["set_prio1"]),
-                        doc="the two set-prio values")
-    wire_key = property(_wire_key, doc="key[PF_SK_WIRE] as exported")
-    stack_key = property(_stack_key, doc="key[PF_SK_STACK] as exported")
+    packets = _pair(*_PAIRS["packets"])
+    bytes = _pair(*_PAIRS["bytes"])
+    rtableid = _pair(*_PAIRS["rtableid"])
+    set_prio = _pair(*_PAIRS["set_prio"])
+    ifname = _object("ifname")
+    rt_addr = _object("rt_addr")
+
+    @property
+    def record_af(self):
+        """The record's af byte (2, or 24 for IPv6 on OpenBSD)."""
+        c, i, _h = self
+        return _column(c, "af")[i]
 
     @property
     def af(self):
         """The host's socket.AF_INET / AF_INET6 for the record's af."""
-        af = self[_RECORD_AF]
+        af = self.record_af
         return _HOST_AF.get(af, af)
+
+    @property
+    def wire_key(self):
+        """key[PF_SK_WIRE] as exported."""
+        return _key(self, "wire")
+
+    @property
+    def stack_key(self):
+        """key[PF_SK_STACK] as exported."""
+        return _key(self, "stack")
 
     @property
     def src(self):
         """The PFStatePeer pfctl shows first: the record's dst for PF_IN."""
-        return _record_src(self) if self[_DIRECTION] == PF_OUT else _record_dst(self)
+        return _peer(self, "src" if self.direction == PF_OUT else "dst")
 
     @property
     def dst(self):
         """The other PFStatePeer."""
-        return _record_dst(self) if self[_DIRECTION] == PF_OUT else _record_src(self)
+        return _peer(self, "dst" if self.direction == PF_OUT else "src")
 
     @property
     def nk(self):
         """The wire key for PF_OUT, the stack key for PF_IN (as pfctl)."""
-        return _wire_key(self) if self[_DIRECTION] == PF_OUT else _stack_key(self)
+        return self.wire_key if self.direction == PF_OUT else self.stack_key
 
     @property
     def sk(self):
         """The other key, with pfctl's ICMP display fix-up of its ports."""
-        out = self[_DIRECTION] == PF_OUT
-        sk = _stack_key(self) if out else _wire_key(self)
-        if self[_PROTO] in _ICMP_PROTOS:
-            nk_port = (_wire_key(self) if out else _stack_key(self))[1]
+        out = self.direction == PF_OUT
+        sk = self.stack_key if out else self.wire_key
+        if self.proto in _ICMP_PROTOS:
+            nk_port = self.nk[1]
             port = (nk_port[0], sk[1][1]) if out else (sk[1][0], nk_port[1])
             sk = tuple.__new__(PFStateKey, (sk[0], port, sk[2], sk[3], sk[4]))
         return sk
 
+    @property
+    def record(self):
+        """The 264-byte record as exported."""
+        c, i, _h = self
+        return c.record(i)
+
+    @property
+    def history(self):
+        """HistoryInfo of a state rebuilt from the history, else None."""
+        return tuple.__getitem__(self, 2)
+
     def __getattr__(self, name):
         """History attributes (first_seen, last_seen, ...) of rebuilt states."""
-        history = tuple.__getitem__(self, _HISTORY)
+        history = tuple.__getitem__(self, 2)
         if history is not None and name in history._fields:
             return getattr(history, name)
         raise AttributeError(f"PFState has no attribute {name!r}")
+
+    def __eq__(self, other):
+        if not isinstance(other, PFState):
+            return NotImplemented
+        return self.record == other.record and self.history == other.history
+
+    def __ne__(self, other):
+        eq = self.__eq__(other)
+        return eq if eq is NotImplemented else not eq
+
+    def __hash__(self):
+        return hash(self.record)
 
     def __str__(self):
         """What OpenBSD's ``pfctl -ss -vv`` prints for this state."""
@@ -345,13 +403,8 @@ class PFState(tuple):
         return f"<PFState id={self.id:016x} creatorid={self.creatorid:08x} {self.ifname}>"
 
 
-_PLAIN = ("id", "ifname", "rule", "anchor", "nat_rule", "creation", "expire",
-          "creatorid", "proto", "direction", "log", "rt", "rt_addr",
-          "max_mss", "timeout", "sync_flags", "updates", "min_ttl", "set_tos",
-          "state_flags", "record", "history")
 for _name in _PLAIN:
-    setattr(PFState, _name, property(itemgetter(_AT[_name]), doc=f"{_name} (read-only)"))
-PFState.record_af = property(itemgetter(_RECORD_AF), doc="the record's af byte (24 = IPv6)")
+    setattr(PFState, _name, _plain(_name))
 for _cls in (PFStatePeer, PFStateKey):
     for _i, _name in enumerate(_cls._fields):
         setattr(_cls, _name, property(itemgetter(_i), doc=f"{_name} (read-only)"))
@@ -371,36 +424,14 @@ def _port_table():
 _UNIQ_ADDR = _native.UNIQ_ADDR
 
 
-@contextmanager
-def _gc_paused():
-    """Pause the cyclic GC while building acyclic objects in bulk: with a
-    million tuples alive, its passes would take half the time."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def states_from_columns(c, history=None):
-    """PFState objects for decoded Columns (pfhistory._native); history, if
+    """PFState views over decoded Columns (pfhistory._native); history, if
     given, is one HistoryInfo per record (states rebuilt from the history)."""
-    if not c["id"]:
+    n = c.n
+    if n == 0:
         return []
-    with _gc_paused():
-        # One object per distinct address or name of the chunk (interned in C).
-        objects = [PFAddr._from_record(af, raw) if kind == _UNIQ_ADDR else ifname_text(raw)
-                   for kind, af, raw in c["uniq"]]
-        get = objects.__getitem__
-        columns = [map(get, c[name + "_ref"]) if name + "_ref" in _REFS else c[name]
-                   for name in _FLAT[:-1]]
-        columns.append(repeat(None) if history is None else history)
-        return list(map(tuple.__new__, repeat(PFState), zip(*columns)))
-
-
-_REFS = frozenset(name + "_ref" for name in _native.INTERNED_FIELDS)
+    return list(map(tuple.__new__, repeat(PFState),
+                    zip(repeat(c, n), range(n), repeat(None) if history is None else history)))
 
 
 def parse_states(data):
