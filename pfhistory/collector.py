@@ -13,6 +13,7 @@ history only moves forward.
 import socket
 import time
 from collections import Counter
+from itertools import repeat
 from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError
@@ -176,46 +177,54 @@ class _Recorder:
         return {ref: self.addr_ids[p] for ref, p in pairs.items()}
 
     def _insert(self, c, new, sids, created, expires):
+        """Insert new states with their keys and peers, column-wise."""
         ids = self._addresses(c, new)
-        col = c.__getitem__
+        everything = len(new) == c.n
+
+        def pick(values):
+            return values if everything else [values[i] for i in new]
+
+        def col(name):
+            return pick(c[name])
+
+        n = len(new)
+        pks = range(self.next_pk, self.next_pk + n)
+        self.next_pk += n
+        t, cid = self.t, self.c
+        names = _ifnames(c)
+        rt = col("rt")
+        rt_addr = [ids[ref] if r else None for ref, r in zip(col("rt_addr_ref"), rt)]
         packets0, packets1 = _clamped(col("packets0")), _clamped(col("packets1"))
         bytes0, bytes1 = _clamped(col("bytes0")), _clamped(col("bytes1"))
-        ifnames = _ifnames(c)
-        state_rows, key_rows, peer_rows = [], [], []
-        t, cid = self.t, self.c
-        g = {name: col(name) for name in (
-            "creatorid", "rule", "anchor", "nat_rule", "proto", "direction", "af", "log",
-            "rt", "rt_addr_ref", "rtableid0", "rtableid1", "max_mss", "min_ttl", "set_tos",
-            "set_prio0", "set_prio1", "timeout", "sync_flags", "updates", "state_flags",
-            "dyn_hash", "ifname_ref")}
-        keys = {side: [col(f"{side}_{f}") for f in
-                       ("af", "addr0_ref", "port0", "addr1_ref", "port1", "rdomain")]
-                for side in ("wire", "stack")}
-        peers = {side: [col(f"{side}_{f}") for f in PEER_FIELDS] for side in ("src", "dst")}
-        for i in new:
-            pk = self.next_pk
-            self.next_pk += 1
-            state_rows.append((
-                pk, g["creatorid"][i], sids[i], ifnames[g["ifname_ref"][i]], g["rule"][i],
-                g["anchor"][i], g["nat_rule"][i], g["proto"][i], g["direction"][i],
-                g["af"][i], g["log"][i], g["rt"][i],
-                ids[g["rt_addr_ref"][i]] if g["rt"][i] else None,
-                g["rtableid0"][i], g["rtableid1"][i], g["max_mss"][i], g["min_ttl"][i],
-                g["set_tos"][i], g["set_prio0"][i], g["set_prio1"][i],
-                created[i], expires[i], packets0[i], packets1[i], bytes0[i], bytes1[i],
-                g["timeout"][i], g["sync_flags"][i], g["updates"][i], g["state_flags"][i],
-                g["dyn_hash"][i], cid, cid, t, None, None, None, None))
-            for side_no, side in enumerate(("wire", "stack")):
-                af, a0, p0, a1, p1, rd = (k[i] for k in keys[side])
-                key_rows.append((pk, side_no, af, ids[a0], p0, ids[a1], p1, rd))
-            for side_no, side in enumerate(("src", "dst")):
-                peer_rows.append((pk, side_no, *(f[i] for f in peers[side])))
-            self.new_packets += packets0[i] + packets1[i]
-            self.new_bytes += bytes0[i] + bytes1[i]
-        queries.insert_states(self.conn, state_rows)
+        cids = repeat(cid, n)
+        nulls = repeat(None, n)
+        queries.insert_states(self.conn, list(zip(
+            pks, col("creatorid"), pick(sids), [names[r] for r in col("ifname_ref")],
+            col("rule"), col("anchor"), col("nat_rule"), col("proto"), col("direction"),
+            col("af"), col("log"), rt, rt_addr, col("rtableid0"), col("rtableid1"),
+            col("max_mss"), col("min_ttl"), col("set_tos"), col("set_prio0"), col("set_prio1"),
+            pick(created), pick(expires), packets0, packets1, bytes0, bytes1, col("timeout"),
+            col("sync_flags"), col("updates"), col("state_flags"), col("dyn_hash"), cids,
+            repeat(cid, n), repeat(t, n), nulls, repeat(None, n), repeat(None, n),
+            repeat(None, n))))
+        key_rows = []
+        for side_no, side in enumerate(("wire", "stack")):
+            key_rows.extend(zip(
+                pks, repeat(side_no, n), col(side + "_af"),
+                [ids[r] for r in col(side + "_addr0_ref")], col(side + "_port0"),
+                [ids[r] for r in col(side + "_addr1_ref")], col(side + "_port1"),
+                col(side + "_rdomain")))
+        key_rows.sort()
         queries.insert_keys(self.conn, key_rows)
+        peer_rows = []
+        for side_no, side in enumerate(("src", "dst")):
+            peer_rows.extend(zip(pks, repeat(side_no, n),
+                                 *(col(f"{side}_{f}") for f in PEER_FIELDS)))
+        peer_rows.sort()
         queries.insert_peers(self.conn, peer_rows)
-        self.inserted += len(new)
+        self.new_packets += sum(packets0) + sum(packets1)
+        self.new_bytes += sum(bytes0) + sum(bytes1)
+        self.inserted += n
 
     def _stage(self, c, changed, created, expires):
         col = c.__getitem__

@@ -103,7 +103,6 @@ class State(Base):
     __tablename__ = "states"
     __table_args__ = (
         UniqueConstraint("creatorid", "state_id"),
-        Index("ix_states_first_seen_at", "first_seen_at"),
         Index("ix_states_ended_before_at", "ended_before_at"),
         Index("ix_states_rule", "rule"),
         Index("ix_states_ifname", "ifname"),

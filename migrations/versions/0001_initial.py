@@ -95,7 +95,6 @@ def upgrade():
     )
     with op.batch_alter_table('states', schema=None) as batch_op:
         batch_op.create_index('ix_states_ended_before_at', ['ended_before_at'], unique=False)
-        batch_op.create_index('ix_states_first_seen_at', ['first_seen_at'], unique=False)
         batch_op.create_index('ix_states_ifname', ['ifname'], unique=False)
         batch_op.create_index('ix_states_rule', ['rule'], unique=False)
 
@@ -198,7 +197,6 @@ def downgrade():
     with op.batch_alter_table('states', schema=None) as batch_op:
         batch_op.drop_index('ix_states_rule')
         batch_op.drop_index('ix_states_ifname')
-        batch_op.drop_index('ix_states_first_seen_at')
         batch_op.drop_index('ix_states_ended_before_at')
 
     op.drop_table('states')
