@@ -159,16 +159,17 @@ def baseline(db, snapshot, collection_id):
                                                       "set_prio1")),
                                created[i], expires[i], *dyn[3:], dyn[0], collection_id,
                                collection_id, t, None, None, None, None))
-            for side_no, side in enumerate(("wire", "stack")):
-                keys.append((pk, side_no, cols[f"{side}_af"][i], ids[2 * side_no],
-                             cols[f"{side}_port0"][i], ids[2 * side_no + 1],
-                             cols[f"{side}_port1"][i], cols[f"{side}_rdomain"][i]))
+            both = [(cols[f"{side}_af"][i], ids[2 * side_no], cols[f"{side}_port0"][i],
+                     ids[2 * side_no + 1], cols[f"{side}_port1"][i], cols[f"{side}_rdomain"][i])
+                    for side_no, side in enumerate(("wire", "stack"))]
+            keys.append((pk, 0, *both[0], int(both[0] == both[1])))
+            keys.append((pk, 1, *both[1], 0))
             for side_no, prefix in ((0, "src_"), (1, "dst_")):
                 peers.append(("insert", (pk, side_no,
                                          *(cols[prefix + f][i] for f in PEER_FIELDS))))
         con.executemany(f"INSERT INTO addresses VALUES (?, ?, ?, ?)", addresses)
         con.executemany(f"INSERT INTO states VALUES ({', '.join('?' * 38)})", new_states)
-        con.executemany("INSERT INTO state_keys VALUES (?, ?, ?, ?, ?, ?, ?, ?)", keys)
+        con.executemany("INSERT INTO state_keys VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", keys)
         con.executemany(f"INSERT INTO state_peers VALUES ({', '.join('?' * 13)})",
                         [p for kind, p in peers if kind == "insert"])
         # The previous values become samples, then the rows take the new ones.

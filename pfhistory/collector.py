@@ -207,13 +207,15 @@ class _Recorder:
             col("sync_flags"), col("updates"), col("state_flags"), col("dyn_hash"), cids,
             repeat(cid, n), repeat(t, n), nulls, repeat(None, n), repeat(None, n),
             repeat(None, n))))
-        key_rows = []
-        for side_no, side in enumerate(("wire", "stack")):
-            key_rows.extend(zip(
-                pks, repeat(side_no, n), col(side + "_af"),
-                [ids[r] for r in col(side + "_addr0_ref")], col(side + "_port0"),
-                [ids[r] for r in col(side + "_addr1_ref")], col(side + "_port1"),
-                col(side + "_rdomain")))
+        keys = {}
+        for side in ("wire", "stack"):
+            keys[side] = list(zip(
+                col(side + "_af"), [ids[r] for r in col(side + "_addr0_ref")],
+                col(side + "_port0"), [ids[r] for r in col(side + "_addr1_ref")],
+                col(side + "_port1"), col(side + "_rdomain")))
+        mirror = [int(w == s) for w, s in zip(keys["wire"], keys["stack"])]
+        key_rows = [(pk, 0, *k, m) for pk, k, m in zip(pks, keys["wire"], mirror)]
+        key_rows += [(pk, 1, *k, 0) for pk, k in zip(pks, keys["stack"])]
         key_rows.sort()
         queries.insert_keys(self.conn, key_rows)
         peer_rows = []

@@ -26,6 +26,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -154,13 +155,13 @@ class StateKey(Base):
     """The wire (side 0) and stack (side 1) key of a state, as exported."""
 
     __tablename__ = "state_keys"
-    __table_args__ = (
-        Index("ix_state_keys_addr0", "addr0"),
-        Index("ix_state_keys_addr1", "addr1"),
-        Index("ix_state_keys_port0", "port0"),
-        Index("ix_state_keys_port1", "port1"),
-        {"sqlite_with_rowid": False},
-    )
+    # Most states are not translated: their wire key repeats the stack key.
+    # Only keys that say something new are indexed (mirror = 0), which
+    # halves the index work and size; lookups add "mirror = 0".
+    __table_args__ = tuple(
+        Index(f"ix_state_keys_{col}", col, sqlite_where=text("mirror = 0"),
+              postgresql_where=text("mirror = 0"))
+        for col in ("addr0", "addr1", "port0", "port1")) + ({"sqlite_with_rowid": False},)
 
     state_pk: Mapped[int] = mapped_column(
         Integer, ForeignKey("states.pk", ondelete="CASCADE"), primary_key=True)
@@ -172,6 +173,7 @@ class StateKey(Base):
     addr1: Mapped[int] = _int(doc="addresses.id")
     port1: Mapped[int] = _int()
     rdomain: Mapped[int] = _int()
+    mirror: Mapped[int] = _small(doc="1: a wire key equal to the stack key (not indexed)")
 
 
 def _peer_columns(prefix=""):

@@ -279,8 +279,8 @@ def prune_orphan_addresses(conn, limit):
     """Delete up to limit addresses no state refers to any more."""
     return conn.exec_driver_sql(
         f"DELETE FROM addresses WHERE id IN (SELECT a.id FROM addresses a "
-        f"WHERE NOT EXISTS (SELECT 1 FROM state_keys k WHERE k.addr0 = a.id) "
-        f"AND NOT EXISTS (SELECT 1 FROM state_keys k WHERE k.addr1 = a.id) "
+        f"WHERE NOT EXISTS (SELECT 1 FROM state_keys k WHERE k.addr0 = a.id AND k.mirror = 0) "
+        f"AND NOT EXISTS (SELECT 1 FROM state_keys k WHERE k.addr1 = a.id AND k.mirror = 0) "
         f"AND NOT EXISTS (SELECT 1 FROM states s WHERE s.rt_addr = a.id) "
         f"LIMIT {int(limit)})").rowcount
 
@@ -353,7 +353,7 @@ def _endpoint_filter(name, bounds, sides, params):
     params[f"{name}_af"], params[f"{name}_lo"], params[f"{name}_hi"] = af, first, last
     ids = (f"SELECT id FROM addresses WHERE af = :{name}_af "
            f"AND bin BETWEEN :{name}_lo AND :{name}_hi")
-    parts = [f"SELECT state_pk FROM state_keys WHERE {col} IN ({ids})"
+    parts = [f"SELECT state_pk FROM state_keys WHERE {col} IN ({ids}) AND mirror = 0"
              + ("" if side is None else f" AND side = {side}")
              for side, col in sides]
     return f"s.pk IN ({' UNION '.join(parts)})"
@@ -409,8 +409,8 @@ def history_rows(conn, f, at_row):
         where.append(_endpoint_filter("remote", f.remote, ((None, "addr0"),), params))
     if f.port is not None:
         params["port"] = f.port
-        where.append("s.pk IN (SELECT state_pk FROM state_keys WHERE port0 = :port "
-                     "UNION SELECT state_pk FROM state_keys WHERE port1 = :port)")
+        where.append("s.pk IN (SELECT state_pk FROM state_keys WHERE port0 = :port AND mirror = 0 "
+                     "UNION SELECT state_pk FROM state_keys WHERE port1 = :port AND mirror = 0)")
     for column, value in (("proto", f.proto), ("af", f.af), ("ifname", f.ifname),
                           ("direction", f.direction), ("rule", f.rule), ("anchor", f.anchor),
                           ("creatorid", f.creatorid), ("state_id", f.state_id)):

@@ -151,15 +151,16 @@ def upgrade():
     sa.Column('addr1', sa.Integer(), nullable=False),
     sa.Column('port1', sa.Integer(), nullable=False),
     sa.Column('rdomain', sa.Integer(), nullable=False),
+    sa.Column('mirror', sa.SmallInteger(), nullable=False),
     sa.ForeignKeyConstraint(['state_pk'], ['states.pk'], name=op.f('fk_state_keys_state_pk_states'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('state_pk', 'side', name=op.f('pk_state_keys')),
     sqlite_with_rowid=False
     )
     with op.batch_alter_table('state_keys', schema=None) as batch_op:
-        batch_op.create_index('ix_state_keys_addr0', ['addr0'], unique=False)
-        batch_op.create_index('ix_state_keys_addr1', ['addr1'], unique=False)
-        batch_op.create_index('ix_state_keys_port0', ['port0'], unique=False)
-        batch_op.create_index('ix_state_keys_port1', ['port1'], unique=False)
+        batch_op.create_index('ix_state_keys_addr0', ['addr0'], unique=False, sqlite_where=sa.text('mirror = 0'), postgresql_where=sa.text('mirror = 0'))
+        batch_op.create_index('ix_state_keys_addr1', ['addr1'], unique=False, sqlite_where=sa.text('mirror = 0'), postgresql_where=sa.text('mirror = 0'))
+        batch_op.create_index('ix_state_keys_port0', ['port0'], unique=False, sqlite_where=sa.text('mirror = 0'), postgresql_where=sa.text('mirror = 0'))
+        batch_op.create_index('ix_state_keys_port1', ['port1'], unique=False, sqlite_where=sa.text('mirror = 0'), postgresql_where=sa.text('mirror = 0'))
 
     op.create_table('state_peers',
     sa.Column('state_pk', sa.Integer(), nullable=False),
