@@ -158,7 +158,7 @@ def baseline(db, snapshot, collection_id):
                                                       "min_ttl", "set_tos", "set_prio0",
                                                       "set_prio1")),
                                created[i], expires[i], *dyn[3:], dyn[0], collection_id,
-                               collection_id, t, None, None, None, None))
+                               collection_id, None, None, None, None))
             both = [(cols[f"{side}_af"][i], ids[2 * side_no], cols[f"{side}_port0"][i],
                      ids[2 * side_no + 1], cols[f"{side}_port1"][i], cols[f"{side}_rdomain"][i])
                     for side_no, side in enumerate(("wire", "stack"))]
@@ -168,7 +168,7 @@ def baseline(db, snapshot, collection_id):
                 peers.append(("insert", (pk, side_no,
                                          *(cols[prefix + f][i] for f in PEER_FIELDS))))
         con.executemany(f"INSERT INTO addresses VALUES (?, ?, ?, ?)", addresses)
-        con.executemany(f"INSERT INTO states VALUES ({', '.join('?' * 38)})", new_states)
+        con.executemany(f"INSERT INTO states VALUES ({', '.join('?' * 37)})", new_states)
         con.executemany("INSERT INTO state_keys VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", keys)
         con.executemany(f"INSERT INTO state_peers VALUES ({', '.join('?' * 13)})",
                         [p for kind, p in peers if kind == "insert"])

@@ -190,7 +190,7 @@ class _Recorder:
         n = len(new)
         pks = range(self.next_pk, self.next_pk + n)
         self.next_pk += n
-        t, cid = self.t, self.c
+        cid = self.c
         names = _ifnames(c)
         rt = col("rt")
         rt_addr = [ids[ref] if r else None for ref, r in zip(col("rt_addr_ref"), rt)]
@@ -205,8 +205,7 @@ class _Recorder:
             col("max_mss"), col("min_ttl"), col("set_tos"), col("set_prio0"), col("set_prio1"),
             pick(created), pick(expires), packets0, packets1, bytes0, bytes1, col("timeout"),
             col("sync_flags"), col("updates"), col("state_flags"), col("dyn_hash"), cids,
-            repeat(cid, n), repeat(t, n), nulls, repeat(None, n), repeat(None, n),
-            repeat(None, n))))
+            repeat(cid, n), nulls, repeat(None, n), repeat(None, n), repeat(None, n))))
         keys = {}
         for side in ("wire", "stack"):
             keys[side] = list(zip(

@@ -144,7 +144,6 @@ class State(Base):
     values_since: Mapped[int] = _int(doc="collection from which the current values hold")
     # lifetime
     first_seen: Mapped[int] = _int(doc="first collection that saw it")
-    first_seen_at: Mapped[int] = _big()
     last_seen: Mapped[int | None] = _int(doc="last collection that saw it; NULL while open")
     last_seen_at: Mapped[int | None] = _big()
     ended_before: Mapped[int | None] = _int(doc="first collection that did not; NULL while open")

@@ -335,7 +335,7 @@ class HistoryFilters:
 
 
 _ORDERS = {
-    "first_seen": "s.first_seen_at, s.pk",
+    "first_seen": "s.first_seen, s.pk",
     "created": "s.created_at, s.pk",
     "last_seen": "COALESCE(s.last_seen_at, :latest_at) DESC, s.pk",
     "bytes": "(v_bytes0 + v_bytes1) DESC, s.pk",
@@ -438,13 +438,15 @@ def history_rows(conn, f, at_row):
         f"SELECT s.pk, s.state_id, s.creatorid, s.ifname, s.rule, s.anchor, s.nat_rule, "
         f"s.proto, s.direction, s.af, s.log, s.rt, s.rtableid0, s.rtableid1, s.max_mss, "
         f"s.min_ttl, s.set_tos, s.set_prio0, s.set_prio1, s.values_since, "
-        f"s.first_seen, s.first_seen_at, s.last_seen, s.last_seen_at, s.ended_before, "
+        f"s.first_seen, fc.collected_at AS first_seen_at, s.last_seen, s.last_seen_at, "
+        f"s.ended_before, "
         f"s.ended_before_at, {values}, {ref}{exact}, "
         f"wk.af AS w_af, wa0.bin AS w_addr0, wk.port0 AS w_port0, wa1.bin AS w_addr1, "
         f"wk.port1 AS w_port1, wk.rdomain AS w_rdomain, "
         f"sk.af AS s_af, sa0.bin AS s_addr0, sk.port0 AS s_port0, sa1.bin AS s_addr1, "
         f"sk.port1 AS s_port1, sk.rdomain AS s_rdomain, rta.bin AS rt_bin, {peer_pick} "
         f"FROM states s "
+        f"JOIN collections fc ON fc.id = s.first_seen "
         f"JOIN state_keys wk ON wk.state_pk = s.pk AND wk.side = 0 "
         f"JOIN state_keys sk ON sk.state_pk = s.pk AND sk.side = 1 "
         f"JOIN addresses wa0 ON wa0.id = wk.addr0 JOIN addresses wa1 ON wa1.id = wk.addr1 "

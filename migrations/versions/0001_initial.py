@@ -85,7 +85,6 @@ def upgrade():
     sa.Column('dyn_hash', sa.BigInteger(), nullable=False),
     sa.Column('values_since', sa.Integer(), nullable=False),
     sa.Column('first_seen', sa.Integer(), nullable=False),
-    sa.Column('first_seen_at', sa.BigInteger(), nullable=False),
     sa.Column('last_seen', sa.Integer(), nullable=True),
     sa.Column('last_seen_at', sa.BigInteger(), nullable=True),
     sa.Column('ended_before', sa.Integer(), nullable=True),

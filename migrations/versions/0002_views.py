@@ -57,19 +57,20 @@ SELECT
   CASE s.direction WHEN 2 THEN s.packets1 ELSE s.packets0 END AS packets_in,
   s.bytes0 + s.bytes1 AS bytes,
   {t('s.created_at')} AS created,
-  {t('s.first_seen_at')} AS first_seen,
+  {t('fc.collected_at')} AS first_seen,
   {t(last)} AS last_seen,
   {t('s.ended_before_at')} AS ended_before,
   CASE WHEN s.ended_before IS NULL THEN 1 ELSE 0 END AS open,
   {last} - s.created_at AS duration,
   s.created_at AS created_epoch,
-  s.first_seen_at AS first_seen_epoch,
+  fc.collected_at AS first_seen_epoch,
   {last} AS last_seen_epoch,
   s.ended_before_at AS ended_before_epoch,
   la.af AS local_af, la.bin AS local_bin,
   ta.bin AS nat_bin,
   ra.af AS remote_af, ra.bin AS remote_bin
 FROM states s
+JOIN collections fc ON fc.id = s.first_seen
 JOIN state_keys wk ON wk.state_pk = s.pk AND wk.side = 0
 JOIN state_keys sk ON sk.state_pk = s.pk AND sk.side = 1
 JOIN addresses la ON la.id = sk.addr1
