@@ -93,9 +93,8 @@ class _Recorder:
         self.next_pk = next_pk
         self.next_addr = next_addr
         self.addr_ids = {}                    # (af, bin) -> id, for this run
-        self.open = {}
-        for cid, sid, pk, dyn, cat, eat in queries.open_states(conn):
-            self.open[(cid, sid)] = (pk, dyn, cat, eat)
+        self.open = {(cid, sid): (pk, dyn, cat, eat)
+                     for cid, sid, pk, dyn, cat, eat in queries.open_states(conn)}
         self.states = self.inserted = self.updated = self.reopened = 0
         self.new_packets = self.new_bytes = 0
         self.creatorids = Counter()
@@ -235,7 +234,8 @@ class _Recorder:
                   col("timeout"), col("sync_flags"), col("updates"), col("state_flags"),
                   *(col(f"src_{f}") for f in PEER_FIELDS),
                   *(col(f"dst_{f}") for f in PEER_FIELDS)]
-        rows = [(pk, *(f[i] for f in fields)) for i, pk in changed]
+        index = [i for i, _pk in changed]
+        rows = list(zip([pk for _i, pk in changed], *([f[i] for i in index] for f in fields)))
         queries.stage(self.conn, rows, first=not self.staged_any)
         self.staged_any = True
 

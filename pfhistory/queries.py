@@ -101,10 +101,11 @@ def counts(conn):
 # -- looking states up -----------------------------------------------------------
 
 def open_states(conn):
-    """(creatorid, state_id, pk, dyn_hash, created_at, expires_at) of open states."""
-    return conn.execute(select(State.creatorid, State.state_id, State.pk, State.dyn_hash,
-                               State.created_at, State.expires_at)
-                        .where(State.ended_before.is_(None)))
+    """(creatorid, state_id, pk, dyn_hash, created_at, expires_at) of open states
+    (fetched through the DBAPI: a million rows, every collection)."""
+    return conn.exec_driver_sql(
+        "SELECT creatorid, state_id, pk, dyn_hash, created_at, expires_at FROM states "
+        "WHERE ended_before IS NULL").fetchall()
 
 
 def closed_states_by_key(conn, keys):
@@ -194,12 +195,11 @@ def apply_staged(conn, collection_id):
     conn.exec_driver_sql(
         f"UPDATE states SET {sets}, values_since = {ph} "
         f"FROM pfh_incoming i WHERE states.pk = i.pk", (collection_id,))
-    peer_sets = ", ".join(
-        f"{f} = CASE WHEN state_peers.side = 0 THEN i.src_{f} ELSE i.dst_{f} END"
-        for f in PEER_FIELDS)
-    conn.exec_driver_sql(
-        f"UPDATE state_peers SET {peer_sets} FROM pfh_incoming i "
-        f"WHERE state_peers.state_pk = i.pk")
+    for side, prefix in ((0, "src_"), (1, "dst_")):
+        peer_sets = ", ".join(f"{f} = i.{prefix}{f}" for f in PEER_FIELDS)
+        conn.exec_driver_sql(
+            f"UPDATE state_peers SET {peer_sets} FROM pfh_incoming i "
+            f"WHERE state_peers.state_pk = i.pk AND state_peers.side = {side}")
     return int(moved[0]), int(moved[1]), max(written, 0)
 
 
