@@ -6,7 +6,7 @@ DEMO_DIR ?= demo
 
 .PHONY: test demo venv bench clean
 
-$(VENV)/.installed: pyproject.toml setup.py native/pfh.c native/pfh.h native/pfsync_state.h native/build_pfh.py
+$(VENV)/.installed: pyproject.toml setup.py $(wildcard native/*.c native/*.h native/*.py)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'

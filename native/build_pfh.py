@@ -25,7 +25,7 @@ ffibuilder.set_source(
     sources=[_relative(HERE / "pfh.c"), _relative(HERE / "pfh_print.c")],
     include_dirs=[_relative(HERE)],
     extra_compile_args=["-O2", "-Wall", "-Wextra"],
-    depends=[_relative(HERE / "pfh.h"), _relative(HERE / "pfsync_state.h")],
+    depends=[_relative(HERE / name) for name in ("pfh.h", "pfsync_state.h", "pfh_bytes.h")],
 )
 
 if __name__ == "__main__":

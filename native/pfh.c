@@ -21,6 +21,7 @@
 #endif
 
 #include "pfsync_state.h"
+#include "pfh_bytes.h"
 #include "pfh.h"
 
 _Static_assert(PFH_RECORD_SIZE == sizeof(struct pfh_pfsync_state),
@@ -56,25 +57,6 @@ _Static_assert(offsetof(struct pfsync_state_key, af) ==
 _Static_assert(offsetof(struct pfsync_state_peer, wscale) ==
     offsetof(struct pfh_state_peer, wscale), "peer wscale differs");
 #endif
-
-static inline uint16_t
-be16(const uint8_t *p)
-{
-	return (uint16_t)((p[0] << 8) | p[1]);
-}
-
-static inline uint32_t
-be32(const uint8_t *p)
-{
-	return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) |
-	    ((uint32_t)p[2] << 8) | (uint32_t)p[3];
-}
-
-static inline uint64_t
-be64(const uint8_t *p)
-{
-	return ((uint64_t)be32(p) << 32) | be32(p + 4);
-}
 
 #define AT(rec, field) ((rec) + offsetof(struct pfh_pfsync_state, field))
 #define PEER_AT(peer, field) ((peer) + offsetof(struct pfh_state_peer, field))

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "pfsync_state.h"
+#include "pfh_bytes.h"
 #include "pfh.h"
 
 /* sys/sys/socket.h, sys/net/pfvar.h, sys/netinet/tcp_fsm.h */
@@ -96,25 +97,6 @@ put_hex(struct out *o, uint64_t v, int width)
 
 	for (i = width - 1; i >= 0; i--)
 		*o->p++ = digits[(v >> (i * 4)) & 0xf];
-}
-
-static inline uint16_t
-be16(const uint8_t *p)
-{
-	return (uint16_t)((p[0] << 8) | p[1]);
-}
-
-static inline uint32_t
-be32(const uint8_t *p)
-{
-	return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) |
-	    ((uint32_t)p[2] << 8) | (uint32_t)p[3];
-}
-
-static inline uint64_t
-be64(const uint8_t *p)
-{
-	return ((uint64_t)be32(p) << 32) | be32(p + 4);
 }
 
 /* vis(3) with VIS_OCTAL|VIS_SP|VIS_TAB|VIS_NL of a name up to its NUL. */
