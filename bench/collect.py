@@ -55,7 +55,8 @@ def make_steady(first, out, seed=1):
                 u32.pack_into(rec, peer + 12, (seqlo + 66000) & 0xFFFFFFFF)
         records.append(bytes(rec))
     for j in range(n // 20):
-        rec = bytearray(data[rng.randrange(n) * RECORD:][:RECORD])
+        start = rng.randrange(n) * RECORD
+        rec = bytearray(data[start:start + RECORD])
         u64.pack_into(rec, 0, max_id + 1 + j)
         u32.pack_into(rec, 196, rng.randrange(0, 60))
         records.append(bytes(rec))

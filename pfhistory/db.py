@@ -98,10 +98,9 @@ def _on_sqlite_connect(dbapi_conn, _record, wait):
     cur.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
     cur.execute("PRAGMA foreign_keys = ON")
     cur.execute("PRAGMA synchronous = FULL")
-    # A collection touches every index of a big table: 64 MiB of page cache
-    # (not reserved up front) and staging tables in memory keep it in RAM.
+    # A collection touches every index of a big table: up to 64 MiB of page
+    # cache (taken as needed, not reserved) keeps that work in memory.
     cur.execute("PRAGMA cache_size = -65536")
-    cur.execute("PRAGMA temp_store = MEMORY")
     try:
         if cur.execute("PRAGMA page_count").fetchone()[0] == 0:
             # Only a new database can switch; it must happen before any table.

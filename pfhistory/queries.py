@@ -281,7 +281,7 @@ def prune_orphan_addresses(conn, limit):
         f"DELETE FROM addresses WHERE id IN (SELECT a.id FROM addresses a "
         f"WHERE NOT EXISTS (SELECT 1 FROM state_keys k WHERE k.addr0 = a.id AND k.mirror = 0) "
         f"AND NOT EXISTS (SELECT 1 FROM state_keys k WHERE k.addr1 = a.id AND k.mirror = 0) "
-        f"AND NOT EXISTS (SELECT 1 FROM states s WHERE s.rt_addr = a.id) "
+        f"AND a.id NOT IN (SELECT rt_addr FROM states WHERE rt_addr IS NOT NULL) "
         f"LIMIT {int(limit)})").rowcount
 
 
@@ -335,7 +335,8 @@ class HistoryFilters:
 
 
 _ORDERS = {
-    "first_seen": "s.first_seen, s.pk",
+    # pk follows first sight: this order streams without sorting.
+    "first_seen": "s.pk",
     "created": "s.created_at, s.pk",
     "last_seen": "COALESCE(s.last_seen_at, :latest_at) DESC, s.pk",
     "bytes": "(v_bytes0 + v_bytes1) DESC, s.pk",
