@@ -38,13 +38,14 @@ def prune(engine, before_at):
         if n < 10_000:
             break
     while True:
-        with engine.connect() as conn:
+        # A few thousand pages at a time, each step its own short transaction.
+        with write_transaction(engine) as conn:
             free = _freelist(conn)
-            if not free:
-                break
-            queries.sqlite_incremental_vacuum(conn, _VACUUM_PAGES)
-            if _freelist(conn) >= free:
-                break
+            if free:
+                queries.sqlite_incremental_vacuum(conn, _VACUUM_PAGES)
+                left = _freelist(conn)
+        if not free or left >= free:
+            break
     return states, addresses
 
 
