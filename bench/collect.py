@@ -67,12 +67,12 @@ def make_steady(first, out, seed=1):
 
 def run_collect(db, snapshot):
     """`pfhistory collect` in a subprocess; seconds and peak RSS (bytes)."""
-    code = ("import resource, sys, time; from pfhistory.cli import main; t = time.perf_counter(); "
+    code = ("import sys, time; sys.path.insert(0, sys.argv[3]); from decode import peak_rss_kb; "
+            "from pfhistory.cli import main; t = time.perf_counter(); "
             "rc = main(['collect', '--db', sys.argv[1], '--from-file', sys.argv[2]]); "
-            "print(time.perf_counter() - t, "
-            "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)")
-    out = subprocess.run([sys.executable, "-c", code, str(db), str(snapshot)],
-                         capture_output=True, text=True)
+            "print(time.perf_counter() - t, peak_rss_kb()); sys.exit(rc)")
+    out = subprocess.run([sys.executable, "-c", code, str(db), str(snapshot),
+                          str(Path(__file__).resolve().parent)], capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(out.stderr)
     seconds, rss = out.stdout.split()
@@ -193,7 +193,10 @@ def baseline(db, snapshot, collection_id):
                     [(collection_id - 1, collection_id, rec[0]) for rec in open_.values()])
     con.execute("COMMIT")
     con.close()
-    print(time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from decode import peak_rss_kb
+
+    print(time.perf_counter() - started, peak_rss_kb())
 
 
 def db_size(db):
