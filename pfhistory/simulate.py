@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Iterator, NamedTuple
 
 from pfhistory.exceptions import PFError
+from pfhistory.statefile import write_state_file
 from pfhistory.pfvar import (
     OPENBSD_AF_INET as AF4,
     OPENBSD_AF_INET6 as AF6,
@@ -1435,26 +1436,6 @@ def _gc_paused():
             gc.enable()
 
 
-def _write_records(path: Path, recs, epoch: float):
-    """Write records owner-only (0600) and atomically, dated ``epoch``.
-
-    Like statefile.write_state_file, but takes the records as a list, which writelines()
-    sends without first joining a few hundred megabytes into one bytes object."""
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb", buffering=1 << 20) as f:
-            f.writelines(recs)
-        os.utime(tmp, (epoch, epoch))
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def _write_snapshot(path, cp, epoch, truth):
     """Sample every live state into its record, and write the file in table order.
 
@@ -1464,7 +1445,7 @@ def _write_snapshot(path, cp, epoch, truth):
         _patch_truth(cp.alloc, cp.u, cp.index)
     else:
         _patch_fast(cp.alloc, cp.u)
-    _write_records(path, [s[1] for s in cp.live], epoch)
+    write_state_file(path, [s[1] for s in cp.live], mtime=epoch)
 
 
 def _patch_truth(live, u, index):

@@ -114,14 +114,23 @@ def check_columns(columns, origin, first_index=0):
                     f"OpenBSD PF state ({field} is {v}); this is not a pfctl -S state file")
 
 
-def write_state_file(path, data):
-    """Write records to path owner-only (0600), atomically via a temporary file."""
+def write_state_file(path, records, mtime=None):
+    """Write records owner-only (0600), atomically via a temporary file.
+
+    records is bytes or an iterable of bytes (written with writelines, so a
+    million records need not be joined first); mtime dates the file.
+    """
     path = os.fspath(path)
     tmp = f"{path}.tmp{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        with os.fdopen(fd, "wb", buffering=1 << 20) as f:
+            if isinstance(records, (bytes, bytearray, memoryview)):
+                f.write(records)
+            else:
+                f.writelines(records)
+        if mtime is not None:
+            os.utime(tmp, (mtime, mtime))
         os.replace(tmp, path)
     except BaseException:
         try:
