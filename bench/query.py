@@ -102,8 +102,8 @@ def main():
         "SELECT local_addr, count(*) AS n FROM connections GROUP BY local_addr "
         "HAVING n BETWEEN 20 AND 2000 ORDER BY n DESC LIMIT 1").fetchone()
     mapping = con.execute(
-        "SELECT external_addr, external_port FROM nat WHERE open = 1 AND external_port > 0 "
-        "LIMIT 1").fetchone()
+        "SELECT external_addr, external_port FROM nat WHERE open = 1 AND direction = 'out' "
+        "AND external_port > 1024 LIMIT 1").fetchone()
     con.close()
     print(f"history: {total:,} states, {db.stat().st_size / 1e9:.2f} GB; last collection "
           f"holds {in_last:,} states")

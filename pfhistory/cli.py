@@ -407,7 +407,8 @@ def _add_show(sub):
     p.add_argument("--host", metavar="ADDR|CIDR", help="any endpoint on either key (NAT too)")
     p.add_argument("--local", metavar="ADDR|CIDR", help="the local endpoint (either key)")
     p.add_argument("--remote", metavar="ADDR|CIDR", help="the remote endpoint (either key)")
-    p.add_argument("--port", metavar="PORT", help="any endpoint's port")
+    p.add_argument("--port", metavar="PORT",
+                   help="any endpoint's port; with --host, that address and port together")
     p.add_argument("--proto", metavar="NAME|NUMBER", help="tcp, udp, icmp, 47, ...")
     p.add_argument("--af", choices=("inet", "inet6"))
     p.add_argument("-i", "--interface", metavar="IFNAME")

@@ -401,14 +401,24 @@ def history_rows(conn, f, at_row):
     if f.until is not None:
         params["until"] = f.until
         where.append("s.created_at <= :until")
-    if f.host is not None:
+    if f.host is not None and f.port is not None:
+        # An address and a port name one endpoint: both on the same side of
+        # a key (the NAT question "who was behind 203.0.113.7:51234").
+        af, first, last = f.host
+        params.update(host_af=af, host_lo=first, host_hi=last, port=f.port)
+        ids = "SELECT id FROM addresses WHERE af = :host_af AND bin BETWEEN :host_lo AND :host_hi"
+        where.append(
+            f"s.pk IN (SELECT state_pk FROM state_keys WHERE port0 = :port AND mirror = 0 "
+            f"AND addr0 IN ({ids}) UNION SELECT state_pk FROM state_keys WHERE port1 = :port "
+            f"AND mirror = 0 AND addr1 IN ({ids}))")
+    elif f.host is not None:
         where.append(_endpoint_filter("host", f.host, ((None, "addr0"), (None, "addr1")),
                                       params))
     if f.local is not None:
         where.append(_endpoint_filter("local", f.local, ((None, "addr1"),), params))
     if f.remote is not None:
         where.append(_endpoint_filter("remote", f.remote, ((None, "addr0"),), params))
-    if f.port is not None:
+    if f.port is not None and f.host is None:
         params["port"] = f.port
         where.append("s.pk IN (SELECT state_pk FROM state_keys WHERE port0 = :port AND mirror = 0 "
                      "UNION SELECT state_pk FROM state_keys WHERE port1 = :port AND mirror = 0)")
