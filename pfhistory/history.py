@@ -9,6 +9,7 @@ attributes and str() are the ones pfctl showed when it was observed.
 import ipaddress
 import re
 from collections import namedtuple
+from operator import itemgetter
 from datetime import datetime, timezone
 
 from pfhistory import _native, queries, records
@@ -200,52 +201,68 @@ class History:
         return "".join(format_records(s.record, verbose) for s in states)
 
 
+_PEER_ORDER = ("pfss_flags", "pfss_ttl", "scrub_flag", "pfss_ts_mod", "seqlo", "seqhi",
+               "seqdiff", "max_win", "mss", "state", "wscale")
+# The row's columns in the record's field order (records.STATE); the ones
+# marked None are made in Python: creation and expire (relative to the
+# collection), and the 16-byte forms of the addresses and name.
+_PACK_ORDER = (
+    "state_id", "ifname",
+    "w_addr0", "w_addr1", "w_port0", "w_port1", "w_rdomain", "w_af",
+    "s_addr0", "s_addr1", "s_port0", "s_port1", "s_rdomain", "s_af",
+    *(f"src_{f}" for f in _PEER_ORDER), *(f"dst_{f}" for f in _PEER_ORDER),
+    "rt_bin", "rule", "anchor", "nat_rule", "v_created_at", "v_expires_at",
+    "v_packets0", "v_packets1", "v_bytes0", "v_bytes1", "creatorid", "rtableid0",
+    "rtableid1", "max_mss", "af", "proto", "direction", "log", "rt", "v_timeout",
+    "v_sync_flags", "v_updates", "min_ttl", "set_tos", "v_state_flags", "set_prio0",
+    "set_prio1")
+_ADDRS = [_PACK_ORDER.index(n) for n in ("w_addr0", "w_addr1", "s_addr0", "s_addr1", "rt_bin")]
+_CREATION, _EXPIRE = _PACK_ORDER.index("v_created_at"), _PACK_ORDER.index("v_expires_at")
+_INFO = ("ref_collection", "ref_at", "ended_before", "last_seen_at", "ended_before_at",
+         "first_seen_at", "v_created_at", "exact")
+_U64 = 1 << 64
+
+
 def _rebuild(rows, latest):
     """PFState objects from history rows: records exported again, decoded."""
+    if not rows:
+        return []
+    keys = list(rows[0]._fields)
+    pack_get = itemgetter(*[keys.index(n) for n in _PACK_ORDER])
+    info_get = itemgetter(*[keys.index(n) for n in _INFO])
+    pack = records.STATE.pack
+    padded = {None: bytes(16)}
+    names = {}
     recs = []
     infos = []
     for r in rows:
-        ref_id, ref_at = r.ref_collection, r.ref_at
-        recs.append(_record(r, ref_at))
-        ended = None if r.ended_before is None else (_utc(r.last_seen_at), _utc(r.ended_before_at))
+        v = list(pack_get(r))
+        ref_id, ref_at, ended_before, last_at, ended_at, first_at, created_at, exact = info_get(r)
+        if v[0] < 0:
+            v[0] += _U64
+        name = names.get(v[1])
+        if name is None:
+            name = names[v[1]] = ifname_raw(v[1])
+        v[1] = name
+        for i in _ADDRS:
+            b = v[i]
+            p = padded.get(b)
+            if p is None:
+                p = padded[b] = bytes(b).ljust(16, b"\0")
+            v[i] = p
+        v[_CREATION] = _u32(ref_at - created_at)
+        v[_EXPIRE] = _u32(v[_EXPIRE] - ref_at)
+        recs.append(pack(*v))
         infos.append(HistoryInfo(
-            first_seen=_utc(r.first_seen_at),
-            last_seen=_utc(r.last_seen_at if r.last_seen_at is not None else latest[1]),
-            created_at=_utc(r.v_created_at),
-            ended=ended,
+            first_seen=_utc(first_at),
+            last_seen=_utc(last_at if last_at is not None else latest[1]),
+            created_at=_utc(created_at),
+            ended=None if ended_before is None else (_utc(last_at), _utc(ended_at)),
             collection=(ref_id, _utc(ref_at)),
-            exact=bool(r.exact)))
+            exact=bool(exact)))
     columns = _native.decode(b"".join(recs))
     return states_from_columns(columns, history=infos)
 
 
-def _addr16(binary):
-    return bytes(binary).ljust(16, b"\0")
-
-
 def _u32(v):
-    return max(0, min(int(v), 0xFFFFFFFF))
-
-
-def _record(r, ref_at):
-    """One row's values as the 264-byte record pf_state_export() writes."""
-    peers = []
-    for p in ("src_", "dst_"):
-        g = lambda f: getattr(r, p + f)  # noqa: E731
-        peers += [g("pfss_flags"), g("pfss_ttl"), g("scrub_flag"), g("pfss_ts_mod"),
-                  g("seqlo"), g("seqhi"), g("seqdiff"), g("max_win"), g("mss"), g("state"),
-                  g("wscale")]
-    state_id = r.state_id + (1 << 64) if r.state_id < 0 else r.state_id
-    return records.STATE.pack(
-        state_id, ifname_raw(r.ifname),
-        _addr16(r.w_addr0), _addr16(r.w_addr1), r.w_port0, r.w_port1, r.w_rdomain, r.w_af,
-        _addr16(r.s_addr0), _addr16(r.s_addr1), r.s_port0, r.s_port1, r.s_rdomain, r.s_af,
-        *peers,
-        _addr16(r.rt_bin) if r.rt_bin is not None else bytes(16),
-        r.rule, r.anchor, r.nat_rule,
-        _u32(ref_at - r.v_created_at), _u32(r.v_expires_at - ref_at),
-        r.v_packets0, r.v_packets1, r.v_bytes0, r.v_bytes1,
-        r.creatorid, r.rtableid0, r.rtableid1, r.max_mss,
-        r.af, r.proto, r.direction, r.log, r.rt, r.v_timeout,
-        r.v_sync_flags, r.v_updates, r.min_ttl, r.set_tos, r.v_state_flags,
-        r.set_prio0, r.set_prio1)
+    return 0 if v < 0 else (0xFFFFFFFF if v > 0xFFFFFFFF else v)
