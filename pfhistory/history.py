@@ -198,7 +198,7 @@ class History:
         # The kernel lists states in insertion order, which is id order for
         # the ids one firewall hands out (pf_state_insert in sys/net/pf.c).
         states = sorted(self.states(at=t), key=lambda s: (s.id, s.creatorid))
-        return "".join(format_records(s.record, verbose) for s in states)
+        return format_records(b"".join([s.record for s in states]), verbose)
 
 
 _PEER_ORDER = ("pfss_flags", "pfss_ttl", "scrub_flag", "pfss_ts_mod", "seqlo", "seqhi",

@@ -377,7 +377,10 @@ def history_rows(conn, f, at_row):
             "LEFT JOIN samples x ON x.state_pk = s.pk AND x.valid_until = "
             "(SELECT min(y.valid_until) FROM samples y WHERE y.state_pk = s.pk "
             "AND y.valid_until > :c)")
-        where += ["s.first_seen <= :c", "(s.ended_before IS NULL OR s.ended_before > :c)",
+        # ended_before_at (indexed) narrows the scan to states that were still
+        # open then; collection times never go back, so it implies nothing more.
+        where += ["(s.ended_before_at IS NULL OR s.ended_before_at >= :c_at)",
+                  "s.first_seen <= :c", "(s.ended_before IS NULL OR s.ended_before > :c)",
                   "(x.present IS NULL OR x.present = 1 OR x.valid_from > :c)"]
         use_x = "(x.valid_from IS NOT NULL AND x.valid_from <= :c)"
         ref = ":c AS ref_collection, :c_at AS ref_at, "
