@@ -268,7 +268,7 @@ def _add_db(sub):
 
 
 def _cmd_db(args):
-    from pfhistory.db import schema_status, upgrade
+    from pfhistory.db import schema_status, upgrade_to_head
 
     if args.action == "history":
         from alembic.script import ScriptDirectory
@@ -287,15 +287,8 @@ def _cmd_db(args):
         if args.action == "current":
             print(f"{revision} ({status})" if revision else f"no schema ({status})")
             return 0
-        if status == "foreign":
-            raise PFError(f"{url.render_as_string(hide_password=True)}: is not a pfhistory "
-                          f"database; not upgrading it")
-        if status == "newer":
-            raise PFError(f"{url.render_as_string(hide_password=True)}: its schema "
-                          f"({revision}) is newer than this pfhistory knows")
-        upgrade(engine, url)
-        print(f"{url.render_as_string(hide_password=True)}: schema at "
-              f"{schema_status(engine, url)[1]}")
+        head = upgrade_to_head(engine, url)
+        print(f"{url.render_as_string(hide_password=True)}: schema at {head}")
     finally:
         engine.dispose()
         _owner_only(url)

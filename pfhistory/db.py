@@ -23,7 +23,8 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from pfhistory.exceptions import PFError
 
 __all__ = ["DatabaseError", "default_path", "resolve_url", "open_engine", "alembic_config",
-           "schema_status", "require_current_schema", "upgrade", "describe_db_error",
+           "schema_status", "require_current_schema", "upgrade", "upgrade_to_head",
+           "describe_db_error",
            "BUSY_TIMEOUT_S", "write_transaction"]
 
 DB_ENV = "PFHISTORY_DB"
@@ -210,14 +211,28 @@ def require_current_schema(engine, url, create=False):
             raise DatabaseError(f"{_shown(url)}: the database is empty: no history recorded yet")
         upgrade(engine, url)
         return
+    _refuse_foreign_or_newer(status, revision, url)
+    raise DatabaseError(f"{_shown(url)}: its schema ({revision}) is older than this "
+                        f"pfhistory's; run: pfhistory db upgrade --db {_shown(url)}")
+
+
+def _refuse_foreign_or_newer(status, revision, url):
+    """Databases no migration of ours may touch."""
     if status == "foreign":
         raise DatabaseError(f"{_shown(url)}: is not a pfhistory database "
                             f"(it has tables but no pfhistory schema version)")
     if status == "newer":
         raise DatabaseError(f"{_shown(url)}: its schema ({revision}) is newer than this "
                             f"pfhistory knows; upgrade pfhistory")
-    raise DatabaseError(f"{_shown(url)}: its schema ({revision}) is older than this "
-                        f"pfhistory's; run: pfhistory db upgrade --db {_shown(url)}")
+
+
+def upgrade_to_head(engine, url):
+    """`pfhistory db upgrade`: migrate to head; returns the new revision."""
+    status, revision = schema_status(engine, url)
+    _refuse_foreign_or_newer(status, revision, url)
+    if status != "current":
+        upgrade(engine, url)
+    return schema_status(engine, url)[1]
 
 
 def upgrade(engine, url, revision="head"):

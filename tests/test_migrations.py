@@ -110,3 +110,16 @@ def test_a_database_that_is_not_pfhistorys(tmp_path, small_series):
     result = run_cli("collect", "--db", junk, "--from-file", small_series.snapshots[0][1])
     assert result.returncode == 1 and "not a pfhistory database" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_db_upgrade_refuses_a_foreign_database(tmp_path):
+    other = tmp_path / "other.db"
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE customers (id INTEGER)")
+    con.commit()
+    con.close()
+    result = run_cli("db", "upgrade", "--db", other)
+    assert result.returncode == 1 and "is not a pfhistory database" in result.stderr
+    con = sqlite3.connect(other)
+    assert [r[0] for r in con.execute("SELECT name FROM sqlite_master")] == ["customers"]
+    con.close()
