@@ -20,23 +20,23 @@ def run_cli(*args, env=None, input=None, cwd=None):
                           cwd=cwd, timeout=600)
 
 
+def simulated(out, states, duration, seed, creatorid=0x1A2B3C4D, missing=(), truth=True):
+    """A simulated firewall, one snapshot a minute from START, written to out."""
+    from pfhistory.simulate import SimulationConfig, simulate
+
+    cfg = SimulationConfig(states=states, interval=60.0, duration=duration, seed=seed,
+                           start=START, creatorid=creatorid, missing=missing)
+    return simulate(cfg, out, truth=truth)
+
+
 @pytest.fixture(scope="session")
 def small_series(tmp_path_factory):
     """A 2,000-state firewall, five snapshots a minute apart, with ground truth."""
-    from pfhistory.simulate import SimulationConfig, simulate
-
-    out = tmp_path_factory.mktemp("small-series")
-    cfg = SimulationConfig(states=2000, interval=60.0, duration=240.0, seed=11,
-                           start=START, creatorid=0x1A2B3C4D, missing=())
-    return simulate(cfg, out, truth=True)
+    return simulated(tmp_path_factory.mktemp("small-series"), 2000, 240.0, seed=11)
 
 
 @pytest.fixture(scope="session")
 def big_snapshot(tmp_path_factory):
     """One snapshot of a 12,000-state firewall with ground truth."""
-    from pfhistory.simulate import SimulationConfig, simulate
-
-    out = tmp_path_factory.mktemp("big-snapshot")
-    cfg = SimulationConfig(states=12000, interval=60.0, duration=0.0, seed=5,
-                           start=START, creatorid=0x0BADCAFE, missing=())
-    return simulate(cfg, out, truth=True)
+    return simulated(tmp_path_factory.mktemp("big-snapshot"), 12000, 0.0, seed=5,
+                     creatorid=0x0BADCAFE)

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from conftest import START, run_cli
+from conftest import run_cli, simulated
 
 PY = sys.executable
 
@@ -21,12 +21,8 @@ PY = sys.executable
 def medium_series(tmp_path_factory):
     """Six snapshots of a 12,000-state firewall: enough work per collection to
     be killed in the middle of it."""
-    from pfhistory.simulate import SimulationConfig, simulate
-
-    out = tmp_path_factory.mktemp("medium")
-    cfg = SimulationConfig(states=12000, interval=60.0, duration=300.0, seed=3,
-                           start=START, creatorid=0x1A2B3C4D, missing=())
-    return [p for _t, p in simulate(cfg, out, truth=False).snapshots]
+    series = simulated(tmp_path_factory.mktemp("medium"), 12000, 300.0, seed=3, truth=False)
+    return [p for _t, p in series.snapshots]
 
 
 def _collect_cmd(db, *files):

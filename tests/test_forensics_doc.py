@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import START, run_cli
+from conftest import START, run_cli, simulated
 from pfhistory import pf
 from pfhistory.history import History
 
@@ -39,12 +39,8 @@ def _iso(epoch):
 
 @pytest.fixture(scope="module")
 def forensic_db(tmp_path_factory):
-    from pfhistory.simulate import SimulationConfig, simulate
-
     out = tmp_path_factory.mktemp("forensics")
-    cfg = SimulationConfig(states=3000, interval=60.0, duration=360.0, seed=21, start=START,
-                           creatorid=0x1A2B3C4D, missing=(3,))
-    series = simulate(cfg, out / "snapshots", truth=False)
+    series = simulated(out / "snapshots", 3000, 360.0, seed=21, missing=(3,), truth=False)
     db = out / "history.db"
     result = run_cli("collect", "--db", db, "--from-file", *[p for _t, p in series.snapshots])
     assert result.returncode == 0, result.stderr

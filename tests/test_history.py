@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from conftest import START, run_cli
+from conftest import run_cli, simulated
 from pfhistory import pf
 from pfhistory.exceptions import PFError
 from pfhistory.history import History
@@ -20,12 +20,8 @@ from pfhistory.pfctl_text import format_records
 @pytest.fixture(scope="module")
 def series(tmp_path_factory):
     """Eight snapshots a minute apart (one missing), recorded by the CLI."""
-    from pfhistory.simulate import SimulationConfig, simulate
-
     out = tmp_path_factory.mktemp("history")
-    cfg = SimulationConfig(states=1500, interval=60.0, duration=480.0, seed=9, start=START,
-                           creatorid=0x1A2B3C4D, missing=(4,))
-    result = simulate(cfg, out / "snapshots", truth=True)
+    result = simulated(out / "snapshots", 1500, 480.0, seed=9, missing=(4,))
     db = out / "history.db"
     rc = run_cli("collect", "--db", db, "--from-file", *[p for _t, p in result.snapshots])
     assert rc.returncode == 0, rc.stderr

@@ -4,16 +4,12 @@ import sqlite3
 
 import pytest
 
-from conftest import START, run_cli
+from conftest import run_cli, simulated
 
 
 @pytest.fixture
 def recorded(tmp_path):
-    from pfhistory.simulate import SimulationConfig, simulate
-
-    cfg = SimulationConfig(states=1500, interval=60.0, duration=600.0, seed=13, start=START,
-                           creatorid=0x1A2B3C4D, missing=())
-    series = simulate(cfg, tmp_path / "snapshots", truth=False)
+    series = simulated(tmp_path / "snapshots", 1500, 600.0, seed=13, truth=False)
     db = tmp_path / "h.db"
     assert run_cli("collect", "--db", db, "--from-file",
                    *[p for _t, p in series.snapshots]).returncode == 0
