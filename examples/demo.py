@@ -1,4 +1,4 @@
-"""`make demo`: simulate an hour of a busy firewall, record it, summarize it.
+"""`make demo`: simulate an hour of a busy firewall, record it, report on it.
 
 Runs the commands an administrator would type, as subprocesses, and prints
 each before its output. The demo keeps its own database (demo/history.db,
@@ -33,15 +33,17 @@ def main():
     out = Path(args.dir)
     snapshots = out / "snapshots"
     db = out / "history.db"
-    for old in (snapshots, db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+    for old in (snapshots, db, Path(f"{db}-wal"), Path(f"{db}-shm"), out / "report.html"):
         if old.is_dir():
             shutil.rmtree(old)
         elif old.exists():
             old.unlink()
 
     files = run("simulate", "--out", snapshots, "--states", args.states,
-                "--interval", "1m", "--duration", "1h", "--seed", "7").split()
-    print(f"{len(files)} snapshots, one a minute, in {snapshots}/\n")
+                "--interval", "1m", "--duration", "1h", "--seed", "7",
+                # cron missed three runs: the report shows the blind spot
+                "--missing", "31,32,33").split()
+    print(f"{len(files)} snapshots, one a minute (three missed), in {snapshots}/\n")
 
     print(f"The firewall's state table at {Path(files[-1]).name}, first states, as pfctl -ss -vv:")
     text = run("states", files[-1], "-vv")
@@ -52,6 +54,12 @@ def main():
     run("collect", "--from-file", *files, show=False, env=env)
     print(f"recorded {len(files)} collections into {db}\n")
     print(run("summary", env=env), end="")
+    period = ("--since", "2026-11-24T22:00Z", "--until", "2026-11-24T23:00Z")
+    html = out / "report.html"
+    print()
+    print(run("report", *period, env=env), end="")
+    run("report", *period, "--format", "html", "-o", html, env=env)
+    print(f"\nThe same report as a page with charts: {html.resolve()}")
 
 
 if __name__ == "__main__":

@@ -164,6 +164,10 @@ def _add_collect(sub):
                         "given); default: now, or the file's mtime")
     p.add_argument("--sample-retention", default="24h", metavar="DURATION",
                    help="how long per-collection samples are kept (default 24h)")
+    p.add_argument("--local-networks", metavar="CIDR,...",
+                   help="which addresses are local hosts in reports, kept for later runs "
+                        "(default: 10/8, 172.16/12, 192.168/16, 100.64/10, 169.254/16, "
+                        "fc00::/7, fe80::/10)")
     p.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
                    help="how long to wait for another collector to finish (default 30)")
     p.add_argument("-v", "--verbose", action="store_true", help="one line per collection")
@@ -173,25 +177,32 @@ def _add_collect(sub):
 
 
 def _cmd_collect(args):
-    from pfhistory import collector
+    from pfhistory import collector, queries, rollup
     from pfhistory.timespec import parse_duration
 
     retention = parse_duration(args.sample_retention, "--sample-retention")
+    networks = rollup.parse_networks(args.local_networks) if args.local_networks else None
     snapshots = _snapshots(args)
     url, engine = _open_db(args.db, create=True, wait=args.wait)
     try:
-        from pfhistory.db import require_current_schema
+        from pfhistory.db import require_current_schema, write_transaction
 
         require_current_schema(engine, url, create=True)
+        if networks is not None:
+            with write_transaction(engine) as conn:
+                queries.set_setting(conn, rollup.LOCAL_NETWORKS_SETTING, ",".join(networks))
         for snapshot in snapshots:
             result = collector.record_snapshot(engine, snapshot,
                                                sample_retention=int(retention))
+            # Rollups need this collection's samples, so they follow at once
+            # (their own transaction: the collection is already safe).
+            _counted, rollup_ms = rollup.timed_roll_up(engine)
             if args.verbose:
                 _say(args, f"{snapshot.origin}: collection {result.collection_id}: "
                            f"{result.states} states, {result.inserted} new, "
                            f"{result.updated} changed, {result.reopened} reopened, "
                            f"{result.closed} closed, {result.samples} samples, "
-                           f"{result.duration_ms} ms")
+                           f"{result.duration_ms} ms, rollups {rollup_ms} ms")
     finally:
         engine.dispose()
         _owner_only(url)
@@ -466,6 +477,62 @@ def _cmd_show(args):
     return 0
 
 
+def _add_report(sub):
+    p = sub.add_parser(
+        "report",
+        help="what happened on the firewall: coverage, top lists, oddities, charts",
+        description="A report of a period (default: the last 24 hours): coverage and gaps "
+                    "between collections, states seen, new and ended, the peak, top hosts, "
+                    "services, rules, interfaces and NAT, half-open and bursty sources, "
+                    "connections open for days. Text for terminals and mail, html (one "
+                    "offline file with charts), csv or json with the same figures.",
+        epilog="Examples:\n"
+               "  pfhistory report                           # the last 24 hours, as text\n"
+               "  pfhistory report --since 7d --format html -o /var/www/pf/week.html\n"
+               "  pfhistory report --since 2026-11-24T00:00 --until 2026-11-25T00:00 "
+               "--format json\n",
+    )
+    _add_db_option(p)
+    p.add_argument("--since", metavar="TIME", help="start (default: 24 hours before --until)")
+    p.add_argument("--until", metavar="TIME", help="end (default: now)")
+    p.add_argument("--format", choices=("text", "html", "csv", "json"), default="text")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="write to FILE (created owner-only) instead of standard output")
+    p.add_argument("--top", type=_positive_int, default=10, help="rows per top list (default 10)")
+    p.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(args):
+    import time as _time
+
+    from pfhistory.timespec import parse_time
+
+    now = _time.time()
+    until = parse_time(args.until, what="--until").timestamp() if args.until else now
+    since = (parse_time(args.since, what="--since").timestamp() if args.since
+             else until - 86400)
+    if until < since:
+        raise PFError("--until is before --since: the period would be empty")
+    from pfhistory import report_format
+
+    url, engine = _open_db(args.db, readonly=True)
+    try:
+        from pfhistory.db import require_current_schema
+        from pfhistory.report import build_report
+
+        require_current_schema(engine, url)
+        with engine.connect() as conn:
+            rep = build_report(conn, int(since), int(until),
+                               database=url.render_as_string(hide_password=True),
+                               top=args.top, now=now)
+    finally:
+        engine.dispose()
+    report_format.write(rep, args.format, args.output)
+    if args.output and args.format == "html" and sys.stderr.isatty():
+        print(f"report written to {os.path.abspath(args.output)}", file=sys.stderr)
+    return 0
+
+
 def build_parser():
     """The whole command line, for main() and the documentation test."""
     parser = _Parser(
@@ -484,6 +551,7 @@ def build_parser():
     _add_prune(sub)
     _add_summary(sub)
     _add_show(sub)
+    _add_report(sub)
     return parser
 
 

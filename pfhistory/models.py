@@ -31,7 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = ["Base", "Collection", "Address", "State", "StateKey", "StatePeer", "Sample",
-           "Protocol", "Setting", "PEER_FIELDS", "DYNAMIC_STATE_FIELDS"]
+           "Rollup", "Protocol", "Setting", "PEER_FIELDS", "DYNAMIC_STATE_FIELDS"]
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -84,6 +84,9 @@ class Collection(Base):
     bytes: Mapped[int] = _big(doc="bytes moved since the previous collection")
     samples: Mapped[int] = _int(doc="sample rows written")
     duration_ms: Mapped[int] = _int(doc="how long recording took")
+    rolled_up: Mapped[int] = mapped_column(
+        SmallInteger, server_default=text("0"),
+        doc="0: not yet in rollups; 1: counted; 2: counted without its samples (expired)")
 
 
 class Address(Base):
@@ -213,6 +216,37 @@ class Sample(Base):
         *_peer_columns("src_"),
         *_peer_columns("dst_"),
         Index("ix_samples_valid_until", "valid_until"),
+        sqlite_with_rowid=False,
+    )
+
+
+class Rollup(Base):
+    """What moved in one UTC hour, by one dimension (dim) and its key.
+
+    Reports read these instead of millions of states: a day of a
+    100,000-state firewall is about 12 million states but a few hundred
+    thousand rollup rows. Dimensions (pfhistory.rollup.DIMENSIONS): local
+    host, remote host, service, rule, interface, translated address,
+    published (rdr) service, initiating host, largest states. Bytes and
+    packets are what moved in the hour, seen from the key's side (out: sent
+    by the local host); states are the states first seen in the hour.
+    """
+
+    __table__ = Table(
+        "rollups", Base.metadata,
+        Column("hour", BigInteger, primary_key=True,
+               doc="UTC hour h (epoch s): collections in (h, h + 3600]"),
+        Column("dim", SmallInteger, primary_key=True),
+        Column("key", BigInteger, primary_key=True, doc="addresses.id, port, rule or pk"),
+        Column("key2", BigInteger, primary_key=True, doc="protocol, anchor or port; else 0"),
+        Column("label", Text, primary_key=True, doc="interface name; else ''"),
+        Column("states", Integer, nullable=False, doc="states first seen in the hour"),
+        Column("halfopen", Integer, nullable=False,
+               doc="of those, TCP states first seen before ESTABLISHED on either side"),
+        Column("packets_out", BigInteger, nullable=False),
+        Column("packets_in", BigInteger, nullable=False),
+        Column("bytes_out", BigInteger, nullable=False),
+        Column("bytes_in", BigInteger, nullable=False),
         sqlite_with_rowid=False,
     )
 

@@ -526,3 +526,260 @@ def sqlite_incremental_vacuum(conn, pages):
 
 def ping(conn):
     conn.execute(text("SELECT 1"))
+
+
+# -- rollups (for reports) ---------------------------------------------------------
+
+_ROLLUP_COLUMNS = ("hour", "dim", "key", "key2", "label", "states", "halfopen",
+                   "packets_out", "packets_in", "bytes_out", "bytes_in")
+# The state's identity as a rollup sees it: which sides, which rule, where.
+_ROLLUP_STATE = ("s.pk, s.direction, s.proto, s.rule, s.anchor, s.ifname, "
+                 "wk.addr0, wk.port0, wk.addr1, wk.port1, sk.addr0, sk.port0, "
+                 "sk.addr1, sk.port1, wk.mirror")
+_ROLLUP_JOIN = ("JOIN state_keys wk ON wk.state_pk = s.pk AND wk.side = 0 "
+                "JOIN state_keys sk ON sk.state_pk = s.pk AND sk.side = 1 ")
+
+
+def pending_rollups(conn):
+    """(id, collected_at) of collections not yet counted in rollups, oldest first."""
+    return [tuple(r) for r in conn.execute(
+        select(Collection.id, Collection.collected_at).where(Collection.rolled_up == 0)
+        .order_by(Collection.id))]
+
+
+def previous_collection(conn, collection_id):
+    """The id of the collection before collection_id, or None."""
+    return conn.execute(select(func.max(Collection.id))
+                        .where(Collection.id < collection_id)).scalar()
+
+
+def first_pk_after(conn, collection_id):
+    """The smallest pk of a state first seen after collection_id (max pk + 1 if none).
+
+    The collector hands out pks in collection order, so first_seen never
+    decreases with pk: a binary search on the primary key answers without an
+    index on first_seen.
+    """
+    ph = _ph(conn)
+    top = conn.exec_driver_sql("SELECT max(pk) FROM states").scalar() or 0
+    lo, hi = 1, top + 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        row = conn.exec_driver_sql(
+            f"SELECT pk, first_seen FROM states WHERE pk >= {ph} ORDER BY pk LIMIT 1",
+            (mid,)).first()
+        if row is None or row[1] > collection_id:
+            hi = mid
+        else:
+            lo = row[0] + 1
+    return lo
+
+
+def first_seen_pk_range(conn, collection_id):
+    """(lo, hi) pks of the states first seen at collection_id, or None."""
+    lo, hi = first_pk_after(conn, collection_id - 1), first_pk_after(conn, collection_id) - 1
+    return (lo, hi) if lo <= hi else None
+
+
+def max_pk(conn):
+    return conn.exec_driver_sql("SELECT max(pk) FROM states").scalar() or 0
+
+
+def rollup_new_states(conn, collection_id, lo, hi):
+    """States first seen at a collection: identity, counters then, TCP peer states."""
+    ph = _ph(conn)
+    return conn.exec_driver_sql(
+        f"SELECT {_ROLLUP_STATE}, "
+        f"COALESCE(n.packets0, s.packets0), COALESCE(n.packets1, s.packets1), "
+        f"COALESCE(n.bytes0, s.bytes0), COALESCE(n.bytes1, s.bytes1), "
+        f"COALESCE(n.src_state, ps.state), COALESCE(n.dst_state, pd.state) "
+        f"FROM states s {_ROLLUP_JOIN}"
+        f"LEFT JOIN state_peers ps ON ps.state_pk = s.pk AND ps.side = 0 AND s.proto = 6 "
+        f"LEFT JOIN state_peers pd ON pd.state_pk = s.pk AND pd.side = 1 AND s.proto = 6 "
+        f"LEFT JOIN samples n ON n.state_pk = s.pk AND n.valid_from = {ph} "
+        f"AND n.present = 1 "
+        f"WHERE s.pk BETWEEN {ph} AND {ph} AND s.first_seen = {ph}",
+        (collection_id, lo, hi, collection_id))
+
+
+def rollup_changed_states(conn, collection_id):
+    """States whose values changed at a collection: identity and what moved since
+    their previous values (from the sample those values went to)."""
+    ph = _ph(conn)
+    cur = {f: f"COALESCE(n.{f}, s.{f}) - p.{f}"
+           for f in ("packets0", "packets1", "bytes0", "bytes1")}
+    return conn.exec_driver_sql(
+        f"SELECT {_ROLLUP_STATE}, {cur['packets0']}, {cur['packets1']}, "
+        f"{cur['bytes0']}, {cur['bytes1']}, NULL, NULL "
+        f"FROM samples p JOIN states s ON s.pk = p.state_pk {_ROLLUP_JOIN}"
+        f"LEFT JOIN samples n ON n.state_pk = s.pk AND n.valid_from = {ph} "
+        f"AND n.present = 1 "
+        f"WHERE p.valid_until = {ph}", (collection_id, collection_id))
+
+
+def samples_until(conn, collection_id):
+    """How many samples end at a collection (0 once they have expired)."""
+    return conn.execute(select(func.count()).select_from(Sample)
+                        .where(Sample.__table__.c.valid_until == collection_id)).scalar()
+
+
+def collection_updated(conn, collection_id):
+    return conn.execute(select(Collection.updated + Collection.reopened)
+                        .where(Collection.id == collection_id)).scalar() or 0
+
+
+def address_ids_in(conn, ranges):
+    """addresses.id of every stored address inside the (af, first, last) ranges."""
+    ids = set()
+    for af, first, last in ranges:
+        ids.update(conn.execute(select(Address.id).where(
+            Address.af == af, Address.bin >= first, Address.bin <= last)).scalars())
+    return ids
+
+
+def upsert_rollups(conn, rows):
+    """Add rows (_ROLLUP_COLUMNS order) to the hours' rollups."""
+    keys = ("hour", "dim", "key", "key2", "label")
+    sums = ", ".join(f"{c} = rollups.{c} + excluded.{c}"
+                     for c in _ROLLUP_COLUMNS if c not in keys)
+    _executemany(conn, _insert_sql("rollups", _ROLLUP_COLUMNS)
+                 + f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {sums}", rows)
+
+
+def mark_rolled_up(conn, collection_id, value):
+    conn.execute(update(Collection).where(Collection.id == collection_id)
+                 .values(rolled_up=value))
+
+
+# -- reports -----------------------------------------------------------------------
+
+def collections_between(conn, since, until):
+    """Collections taken in [since, until] (epoch s), oldest first:
+    (id, collected_at, states, inserted, closed, packets, bytes, rolled_up)."""
+    c = Collection
+    return [tuple(r) for r in conn.execute(
+        select(c.id, c.collected_at, c.states, c.inserted, c.closed, c.packets, c.bytes,
+               c.rolled_up)
+        .where(c.collected_at >= since, c.collected_at <= until).order_by(c.id))]
+
+
+def collection_neighbours(conn, since, until):
+    """collected_at of the newest collection before since and of the oldest after
+    until (None where there is none), and the id of the history's first."""
+    c = Collection
+    before = conn.execute(select(func.max(c.collected_at))
+                          .where(c.collected_at < since)).scalar()
+    after = conn.execute(select(func.min(c.collected_at))
+                         .where(c.collected_at > until)).scalar()
+    first = conn.execute(select(func.min(c.id))).scalar()
+    return before, after, first
+
+
+def rollup_totals(conn, hour_lo, hour_hi):
+    """Every (dim, key, key2, label) of the hours [hour_lo, hour_hi) with its sums
+    (states, halfopen, packets_out, packets_in, bytes_out, bytes_in)."""
+    ph = _ph(conn)
+    return conn.exec_driver_sql(
+        f"SELECT dim, key, key2, label, SUM(states), SUM(halfopen), SUM(packets_out), "
+        f"SUM(packets_in), SUM(bytes_out), SUM(bytes_in) FROM rollups "
+        f"WHERE hour >= {ph} AND hour < {ph} GROUP BY dim, key, key2, label",
+        (hour_lo, hour_hi)).fetchall()
+
+
+def rollup_hourly(conn, dim, keys, hour_lo, hour_hi):
+    """(hour, key, states, bytes_out, bytes_in) of some keys of one dimension."""
+    if not keys:
+        return []
+    ph = _ph(conn)
+    marks = ", ".join([ph] * len(keys))
+    return conn.exec_driver_sql(
+        f"SELECT hour, key, SUM(states), SUM(bytes_out), SUM(bytes_in) FROM rollups "
+        f"WHERE dim = {ph} AND hour >= {ph} AND hour < {ph} AND key IN ({marks}) "
+        f"GROUP BY hour, key ORDER BY hour",
+        (dim, hour_lo, hour_hi, *keys)).fetchall()
+
+
+def rollup_hours(conn, dim, hour_lo, hour_hi):
+    """(hour, key, states) of one dimension, for finding bursts."""
+    ph = _ph(conn)
+    return conn.exec_driver_sql(
+        f"SELECT hour, key, states FROM rollups WHERE dim = {ph} AND hour >= {ph} "
+        f"AND hour < {ph}", (dim, hour_lo, hour_hi)).fetchall()
+
+
+def address_texts(conn, ids):
+    """{addresses.id: text} for ids."""
+    ids = sorted({i for i in ids if i is not None})
+    out = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        out.update(conn.execute(select(Address.id, Address.text)
+                                .where(Address.id.in_(chunk))).all())
+    return out
+
+
+# A past connection as reports list it: endpoints as text, lifetime, bytes.
+_REPORT_STATE = (
+    "s.pk, s.proto, s.direction, s.ifname, s.rule, s.anchor, "
+    "wa0.text, wk.port0, wa1.text, wk.port1, sa0.text, sk.port0, sa1.text, sk.port1, "
+    "wk.mirror, s.created_at, COALESCE(s.last_seen_at, {latest}), s.ended_before_at, "
+    "s.bytes0, s.bytes1, s.packets0, s.packets1 "
+    "FROM states s "
+    "JOIN state_keys wk ON wk.state_pk = s.pk AND wk.side = 0 "
+    "JOIN state_keys sk ON sk.state_pk = s.pk AND sk.side = 1 "
+    "JOIN addresses wa0 ON wa0.id = wk.addr0 JOIN addresses wa1 ON wa1.id = wk.addr1 "
+    "JOIN addresses sa0 ON sa0.id = sk.addr0 JOIN addresses sa1 ON sa1.id = sk.addr1 ")
+
+
+def _latest_at(conn):
+    return conn.execute(select(func.max(Collection.collected_at))).scalar() or 0
+
+
+def states_by_pk(conn, pks):
+    """Report rows (see _REPORT_STATE) of some states."""
+    pks = sorted(set(pks))
+    if not pks:
+        return []
+    ph = _ph(conn)
+    latest = _latest_at(conn)
+    rows = []
+    for start in range(0, len(pks), 500):
+        chunk = pks[start:start + 500]
+        rows += conn.exec_driver_sql(
+            "SELECT " + _REPORT_STATE.format(latest=ph)
+            + f"WHERE s.pk IN ({', '.join([ph] * len(chunk))})", (latest, *chunk)).fetchall()
+    return rows
+
+
+def collection_states_at(conn, at):
+    """(id, states) of the newest collection at or before instant at, or None."""
+    row = conn.execute(select(Collection.id, Collection.states)
+                       .where(Collection.collected_at <= at)
+                       .order_by(Collection.collected_at.desc(), Collection.id.desc())
+                       .limit(1)).first()
+    return tuple(row) if row else None
+
+
+def states_alive_at(conn, at, pk_max, until, limit, created_by=None, by_rowid=False):
+    """States alive at instant at (first seen at or before it: pk <= pk_max; not
+    ended by then), created no later than created_by: how many, and the limit
+    longest-lived (lifetime counted up to until) as report rows.
+
+    by_rowid: scan the pk range rather than the end-time index (SQLite only;
+    the caller knows which of the two is smaller)."""
+    ph = _ph(conn)
+    latest = _latest_at(conn)
+    end = "+s.ended_before_at" if by_rowid and conn.dialect.name == "sqlite" \
+        else "s.ended_before_at"
+    where = (f"s.pk <= {ph} AND ({end} > {ph} OR s.ended_before IS NULL) "
+             f"AND s.created_at <= {ph}")
+    params = (pk_max, at, at if created_by is None else min(at, created_by))
+    total = conn.exec_driver_sql(f"SELECT count(*) FROM states s WHERE {where}",
+                                 params).scalar()
+    seen = f"COALESCE(s.last_seen_at, {ph})"
+    rows = conn.exec_driver_sql(
+        "SELECT " + _REPORT_STATE.format(latest=ph) + f"WHERE {where} "
+        f"ORDER BY CASE WHEN {seen} < {ph} THEN {seen} ELSE {ph} END - s.created_at DESC, "
+        f"s.pk LIMIT {int(limit)}",
+        (latest, *params, latest, until, latest, until)).fetchall()
+    return total, rows

@@ -1,0 +1,446 @@
+"""What happened on the firewall in a period: the figures of `pfhistory report`.
+
+Everything comes from three small sources, so a day of a 100,000-state
+firewall (about 12 million states) reports in seconds: the collections
+(coverage, concurrent and new states, bytes per interval), the hourly rollups
+(top lists, half-open and bursty sources; see pfhistory.rollup), and indexed
+lookups of a few states (longest-lived, largest, open for days). The report
+is a list of sections of named tables; renderers (pfhistory.report_format)
+print the same tables as text, csv, json or html, so every format carries the
+same numbers.
+"""
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from statistics import median
+
+from pfhistory import queries
+from pfhistory import rollup as R
+from pfhistory.exceptions import PFError
+from pfhistory.protocols import PROTOCOL_NAMES
+from pfhistory.pfvar import PF_OUT
+
+__all__ = ["Report", "Section", "Table", "Chart", "build_report"]
+
+TOP = 10
+# A gap: an interval longer than this many times the usual one.
+GAP_FACTOR = 1.5
+# "Open for days": alive at the end of the period and at least this old.
+LONG_OPEN_S = 86400
+# A source opening far more states than usual: at least this many new states
+# in one hour, and at least BURST_FACTOR times its usual (median) hourly count.
+BURST_MIN = 100
+BURST_FACTOR = 10
+# Hours before the period that also tell what is usual for a source.
+USUAL_LOOKBACK_S = 7 * 86400
+CHART_HOSTS = 5
+
+
+@dataclass
+class Table:
+    """Rows of plain values (int, str, None); kinds say how to show each column:
+    'text', 'int', 'bytes', 'time' (epoch s), 'duration' (s)."""
+
+    key: str
+    title: str
+    columns: list
+    kinds: list
+    rows: list = field(default_factory=list)
+    note: str = ""
+
+
+@dataclass
+class Chart:
+    """A chart drawn from a table: x from column x, one line or bar per column in ys."""
+
+    key: str
+    title: str
+    table: str
+    x: int
+    ys: list
+    style: str = "line"     # or "bar"
+
+
+@dataclass
+class Section:
+    key: str
+    title: str
+    lines: list = field(default_factory=list)
+    tables: list = field(default_factory=list)
+    charts: list = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    since: int
+    until: int
+    generated_at: int
+    database: str
+    sections: list = field(default_factory=list)
+
+    def table(self, key):
+        for s in self.sections:
+            for t in s.tables:
+                if t.key == key:
+                    return t
+        raise KeyError(key)
+
+
+def _iso(epoch):
+    return datetime.fromtimestamp(epoch, timezone.utc).astimezone().isoformat(
+        timespec="seconds")
+
+
+def _dur(seconds):
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+_PORTED = (6, 17, 132)
+
+
+def _endpoint(addr, port):
+    """addr:port as pfctl prints it (addr[port] for IPv6)."""
+    return f"{addr}[{port}]" if ":" in addr else f"{addr}:{port}"
+
+
+def _service(proto, port):
+    name = PROTOCOL_NAMES.get(proto, str(proto))
+    return name if port == 0 and proto not in (6, 17) else f"{name}/{port}"
+
+
+def _rule(rule, anchor):
+    r = "none" if rule == 0xFFFFFFFF else str(rule)
+    return r if anchor == 0xFFFFFFFF else f"{r} (anchor {anchor})"
+
+
+def build_report(conn, since, until, database="", top=TOP, now=None):
+    """The report of [since, until] (epoch seconds) from an open connection."""
+    if until < since:
+        raise PFError(f"--until ({_iso(until)}) is before --since ({_iso(since)})")
+    rep = Report(since=since, until=until, database=database,
+                 generated_at=int(now if now is not None else
+                                  datetime.now(timezone.utc).timestamp()))
+    colls = queries.collections_between(conn, since, until)
+    before, after, first_id = queries.collection_neighbours(conn, since, until)
+    rep.sections.append(_coverage(colls, since, until, before, after))
+    if not colls:
+        return rep
+    b = _Builder(conn, rep, colls, since, until, first_id, top)
+    b.overview()
+    b.top_lists()
+    b.odd()
+    return rep
+
+
+def _coverage(colls, since, until, before, after):
+    sec = Section("coverage", "Coverage")
+    times = [c[1] for c in colls]
+    gaps_t = Table("gaps", "Gaps between collections (blind spots)",
+                   ["from", "to", "length"], ["time", "time", "duration"])
+    summary = Table("coverage", "Collections in the period",
+                    ["collections", "first", "last", "usual interval"],
+                    ["int", "time", "time", "duration"])
+    sec.tables += [summary, gaps_t]
+    if not times:
+        sec.lines.append(f"No collection was taken between {_iso(since)} and {_iso(until)}: "
+                         f"the history knows nothing of this period.")
+        summary.rows = [(0, None, None, None)]
+        gaps_t.rows = [(since, until, until - since)]
+        return sec
+    steps = [b - a for a, b in zip(times, times[1:])]
+    if before is not None:
+        steps.insert(0, times[0] - before)
+    usual = median(steps) if steps else None
+    summary.rows = [(len(times), times[0], times[-1], int(usual) if usual else None)]
+    if usual:
+        limit = usual * GAP_FACTOR
+        edges = [(max(before, since) if before is not None else since, times[0])]
+        edges += list(zip(times, times[1:]))
+        edges.append((times[-1], min(after, until) if after is not None else until))
+        for a, b in edges:
+            if b - a > limit:
+                gaps_t.rows.append((a, b, b - a))
+    if gaps_t.rows:
+        blind = sum(r[2] for r in gaps_t.rows)
+        sec.lines.append(
+            f"{len(gaps_t.rows)} gap(s) longer than {GAP_FACTOR}x the usual interval "
+            f"({_dur(usual)}), {_dur(blind)} in all: connections that began and ended "
+            f"inside a gap are not in the history.")
+    else:
+        sec.lines.append(f"No gaps: {len(times):,} collections, one every {_dur(usual)}."
+                         if usual else "One collection only: nothing between collections "
+                                       "can be told.")
+    return sec
+
+
+class _Builder:
+    def __init__(self, conn, rep, colls, since, until, first_id, top):
+        self.conn, self.rep, self.colls = conn, rep, colls
+        self.since, self.until, self.first_id, self.top = since, until, first_id, top
+        self.hour_lo = since - since % 3600
+        self.hour_hi = -(-until // 3600) * 3600     # rollup hours are (h, h + 3600]
+        self.totals = {}
+        for dim, key, key2, label, *sums in queries.rollup_totals(conn, self.hour_lo,
+                                                                  self.hour_hi):
+            self.totals.setdefault(dim, []).append((key, key2, label, *map(int, sums)))
+        self.addr = {}
+
+    def _texts(self, ids):
+        missing = [i for i in ids if i not in self.addr]
+        if missing:
+            self.addr.update(queries.address_texts(self.conn, missing))
+        return self.addr
+
+    # -- overview ----------------------------------------------------------------
+
+    def overview(self):
+        colls = self.colls
+        sec = Section("overview", "Overview")
+        # The history's first collection is its baseline: what its states moved
+        # and when they began cannot be placed in an interval.
+        counted = [c for c in colls if c[0] != self.first_id]
+        new = sum(c[3] for c in counted)
+        ended = sum(c[4] for c in counted)
+        seen = colls[0][2] + new
+        peak = max(colls, key=lambda c: (c[2], -c[1]))
+        moved_b = sum(c[6] for c in counted)
+        moved_p = sum(c[5] for c in counted)
+        t = Table("overview", "The period in numbers", ["measure", "value"], ["text", "int"])
+        t.rows = [("states seen", seen), ("new states", new), ("ended states", ended),
+                  ("peak concurrent states", peak[2]), ("bytes moved", moved_b),
+                  ("packets moved", moved_p)]
+        t.note = (f"Peak at {_iso(peak[1])}. New and ended states are those first seen "
+                  f"and last seen between collections; states that began and ended "
+                  f"between two collections are not counted.")
+        sec.lines.append(f"Peak: {peak[2]:,} concurrent states at {_iso(peak[1])}.")
+        pending = [c for c in colls if c[7] == 0]
+        partial = [c for c in colls if c[7] == 2]
+        if pending:
+            sec.lines.append(f"{len(pending)} collection(s) are not yet in the rollups "
+                             f"(pfhistory collect adds them): top lists leave them out.")
+        if partial:
+            sec.lines.append(f"{len(partial)} collection(s) were rolled up after their "
+                             f"samples expired: top lists count only their new states.")
+        sec.lines.append(
+            f"Top lists count whole UTC hours: {_iso(self.hour_lo)} to {_iso(self.hour_hi)}.")
+        series = Table("timeline", "Per collection", ["time", "concurrent states",
+                                                       "new states", "ended states",
+                                                       "bytes moved"],
+                       ["time", "int", "int", "int", "bytes"])
+        series.rows = [(c[1], c[2], None if c[0] == self.first_id else c[3],
+                        None if c[0] == self.first_id else c[4],
+                        None if c[0] == self.first_id else c[6]) for c in colls]
+        sec.tables += [t, series]
+        sec.charts += [Chart("concurrent", "Concurrent states", "timeline", 0, [1]),
+                       Chart("new", "New states per interval", "timeline", 0, [2], "bar"),
+                       Chart("bytes", "Bytes per interval", "timeline", 0, [4], "bar")]
+        self.rep.sections.append(sec)
+        self.overview_section = sec
+
+    # -- top lists ---------------------------------------------------------------
+
+    def _ranked(self, dim, sort, limit=None):
+        rows = self.totals.get(dim, [])
+        return sorted(rows, key=sort)[:limit or self.top]
+
+    def top_lists(self):
+        sec = Section("top", "Top lists")
+        top = self.top
+        by_out = lambda r: (-r[7], -r[8], r[0])        # noqa: E731  bytes_out
+        by_in = lambda r: (-r[8], -r[7], r[0])         # noqa: E731
+        by_states = lambda r: (-r[3], -(r[7] + r[8]), r[0])   # noqa: E731
+        by_total = lambda r: (-(r[7] + r[8]), -r[3], r[0], r[1], r[2])   # noqa: E731
+        host_cols = ["host", "sent", "received", "connections"]
+        host_kinds = ["text", "bytes", "bytes", "int"]
+        for dim, who in ((R.LOCAL, "local"), (R.REMOTE, "remote")):
+            for key, title, sort in (("bytes_out", "by bytes sent", by_out),
+                                     ("bytes_in", "by bytes received", by_in),
+                                     ("connections", "by connections", by_states)):
+                rows = self._ranked(dim, sort)
+                names = self._texts([r[0] for r in rows])
+                sec.tables.append(Table(
+                    f"{who}_{key}", f"{who.capitalize()} hosts {title}", host_cols,
+                    host_kinds, [(names.get(r[0], f"#{r[0]}"), r[7], r[8], r[3])
+                                 for r in rows]))
+        sec.tables[0].note = ("Local hosts: addresses in the local networks the collector "
+                              "was given; connections: states first seen in the period.")
+        svc = self._ranked(R.SERVICE, by_total)
+        sec.tables.append(Table("services", "Services (protocol/port) by bytes",
+                                ["service", "connections", "bytes to", "bytes from"],
+                                ["text", "int", "bytes", "bytes"],
+                                [(_service(r[1], r[0]), r[3], r[7], r[8]) for r in svc],
+                                note="bytes to: sent by the initiator; from: its answers."))
+        rules = self.totals.get(R.RULE, [])
+        for key, title, sort in (("rules_states", "Rules by states", by_states),
+                                 ("rules_bytes", "Rules by bytes", by_total)):
+            rows = sorted(rules, key=sort)[:top]
+            sec.tables.append(Table(key, title, ["rule", "states", "bytes"],
+                                    ["text", "int", "bytes"],
+                                    [(_rule(r[0], r[1]), r[3], r[7] + r[8]) for r in rows]))
+        anchors = {}
+        for r in rules:
+            if r[1] != 0xFFFFFFFF:
+                a = anchors.setdefault(r[1], [0, 0])
+                a[0] += r[3]
+                a[1] += r[7] + r[8]
+        arows = sorted(anchors.items(), key=lambda kv: (-kv[1][1], -kv[1][0], kv[0]))[:top]
+        sec.tables.append(Table("anchors", "Anchors by bytes", ["anchor", "states", "bytes"],
+                                ["text", "int", "bytes"],
+                                [(str(a), v[0], v[1]) for a, v in arows]))
+        ifs = self._ranked(R.INTERFACE, by_total)
+        sec.tables.append(Table("interfaces", "Interfaces by bytes",
+                                ["interface", "states", "bytes"], ["text", "int", "bytes"],
+                                [(r[2], r[3], r[7] + r[8]) for r in ifs]))
+        nat = self._ranked(R.NAT, by_states)
+        names = self._texts([r[0] for r in nat])
+        sec.tables.append(Table("nat_addresses", "NAT: translated addresses by states",
+                                ["address", "states", "bytes"], ["text", "int", "bytes"],
+                                [(names.get(r[0], "?"), r[3], r[7] + r[8]) for r in nat]))
+        pub = self._ranked(R.PUBLISHED, by_states)
+        inner = {}
+        for r in pub:
+            a, _, p = r[2].partition(":")
+            inner[r] = (int(a), p)
+        names = self._texts([r[0] for r in pub] + [v[0] for v in inner.values()])
+        sec.tables.append(Table(
+            "nat_ports", "NAT: published (rdr) addresses and ports by states",
+            ["published", "to", "states", "bytes"], ["text", "text", "int", "bytes"],
+            [(f"{names.get(r[0], '?')} {_service(r[1] >> 16, r[1] & 0xFFFF)}",
+              _endpoint(names.get(inner[r][0], "?"), inner[r][1]), r[3], r[7] + r[8])
+             for r in pub]))
+        # Longest-lived: a connection seen in the period that lived longer than
+        # the period was alive at its start; shorter ones rank below the period.
+        # Longest-lived: a connection seen in the period that lived longer than
+        # the period was alive at its start or at its end.
+        rows = {}
+        for at in (self.since, self.until):
+            rows.update((r[0], r) for r in self._alive(at, top)[1])
+        longest = sorted(rows.values(), key=lambda r: (-(min(r[16], self.until) - r[15]),
+                                                       r[0]))[:top]
+        t = self._connections("longest", "Longest-lived connections", longest)
+        t.note = ("Among the connections alive at the start or the end of the period; "
+                  "any other lived less than the period.")
+        sec.tables.append(t)
+        cand = [r[0] for r in self._ranked(R.LARGEST, lambda r: (-r[7], r[0]), top * 5)]
+        rows = queries.states_by_pk(self.conn, cand)
+        rows.sort(key=lambda r: (-(r[18] + r[19]), r[0]))
+        sec.tables.append(self._connections(
+            "largest", "Largest connections (bytes in their life)", rows[:top],
+            note="Among the states that moved the most in any one collection interval."))
+        self.rep.sections.append(sec)
+        self._host_chart()
+
+    def _alive(self, at, limit, created_by=None):
+        """(count, longest-lived rows) of the states alive at instant at."""
+        row = queries.collection_states_at(self.conn, at)
+        if row is None:
+            return 0, []
+        c_id, alive = row
+        pk_max = queries.first_pk_after(self.conn, c_id) - 1
+        # Scan whichever is smaller: the states first seen by then (pk range)
+        # or those that ended after it (about the later ones plus the live ones).
+        by_rowid = pk_max < (queries.max_pk(self.conn) - pk_max) + alive
+        return queries.states_alive_at(self.conn, at, pk_max, self.until, limit,
+                                       created_by=created_by, by_rowid=by_rowid)
+
+    def _connections(self, key, title, rows, note=""):
+        out = []
+        for (pk, proto, direction, ifname, rule, anchor, wa0, wp0, wa1, wp1, sa0, sp0, sa1,
+             sp1, mirror, created, last, ended, b0, b1, _p0, _p1) in rows:
+            ep = _endpoint if proto in _PORTED else (lambda a, _p: a)
+            if direction == PF_OUT:
+                src, dst = ep(sa1, sp1), ep(wa0, wp0)
+            else:
+                src, dst = ep(wa0, wp0), ep(sa1, sp1)
+            via = "" if mirror or (wa1 == sa1 and wp1 == sp1) else ep(wa1, wp1)
+            end = min(last, self.until)
+            out.append((PROTOCOL_NAMES.get(proto, str(proto)), src, dst, via,
+                        _rule(rule, anchor), ifname, created, end - created, b0 + b1,
+                        "open" if ended is None or ended > self.until else "ended"))
+        return Table(key, title, ["proto", "from", "to", "via (NAT)", "rule", "interface",
+                                  "created", "lived", "bytes", "state"],
+                     ["text", "text", "text", "text", "text", "text", "time", "duration",
+                      "bytes", "text"], out, note)
+
+    def _host_chart(self):
+        rows = self._ranked(R.LOCAL, lambda r: (-(r[7] + r[8]), r[0]), CHART_HOSTS)
+        keys = [r[0] for r in rows]
+        names = self._texts(keys)
+        hourly = queries.rollup_hourly(self.conn, R.LOCAL, keys, self.hour_lo, self.hour_hi)
+        by_hour = {}
+        for hour, key, _states, bout, bin_ in hourly:
+            by_hour.setdefault(hour, {})[key] = int(bout) + int(bin_)
+        t = Table("top_host_bytes", "Bytes per hour of the top local hosts",
+                  ["hour"] + [names.get(k, "?") for k in keys],
+                  ["time"] + ["bytes"] * len(keys))
+        t.rows = [(h, *(by_hour[h].get(k, 0) for k in keys)) for h in sorted(by_hour)]
+        sec = self.overview_section
+        sec.tables.append(t)
+        sec.charts.append(Chart("top_hosts", "Bytes per hour, top local hosts",
+                                "top_host_bytes", 0, list(range(1, len(keys) + 1))))
+
+    # -- things that look odd ----------------------------------------------------
+
+    def odd(self):
+        sec = Section("odd", "Things that look odd")
+        top = self.top
+        half = sorted((r for r in self.totals.get(R.SOURCE, []) if r[4]),
+                      key=lambda r: (-r[4], -r[3], r[0]))[:top]
+        names = self._texts([r[0] for r in half])
+        sec.tables.append(Table(
+            "halfopen", "Half-open TCP states (SYN_SENT / SYN_RCVD) by source",
+            ["source", "half-open", "new states", "share"], ["text", "int", "int", "text"],
+            [(names.get(r[0], "?"), r[4], r[3], f"{100 * r[4] / max(r[3], 1):.0f}%")
+             for r in half],
+            note="TCP states first seen before either side was ESTABLISHED."))
+        sec.tables.append(self._bursts())
+        total, rows = self._alive(self.until, top, created_by=self.until - LONG_OPEN_S)
+        t = self._connections("open_for_days",
+                              f"Connections open for more than {_dur(LONG_OPEN_S)}", rows)
+        t.note = f"{total:,} in all at {_iso(self.until)}; the oldest are listed."
+        sec.tables.append(t)
+        sec.lines.append(f"{total:,} connection(s) had been open for more than "
+                         f"{_dur(LONG_OPEN_S)} at the end of the period.")
+        self.rep.sections.append(sec)
+
+    def _bursts(self):
+        """Sources whose new states in one hour far exceed their usual hourly count."""
+        t = Table("bursts", "Sources opening far more states than usual",
+                  ["source", "hour", "new states", "usual per hour", "times usual"],
+                  ["text", "time", "int", "int", "text"])
+        t.note = (f"At least {BURST_MIN} new states in one hour and {BURST_FACTOR}x the "
+                  f"source's median count in the other hours of the period and the week before.")
+        period = queries.rollup_hours(self.conn, R.SOURCE, self.hour_lo, self.hour_hi)
+        peaks = {}
+        for hour, key, states in period:
+            if states >= BURST_MIN and states > peaks.get(key, (0, 0))[1]:
+                peaks[key] = (hour, states)
+        if not peaks:
+            return t
+        lo = self.hour_lo - USUAL_LOOKBACK_S
+        hist = queries.rollup_hourly(self.conn, R.SOURCE, sorted(peaks), lo, self.hour_hi)
+        covered = sorted({R.hour_of(c[1])
+                          for c in queries.collections_between(self.conn, lo, self.until)})
+        counts = {}
+        for hour, key, states, _o, _i in hist:
+            counts.setdefault(key, {})[hour] = int(states)
+        found = []
+        for key, (hour, states) in peaks.items():
+            # usual: the median of its other hours (an hour with collections
+            # and none of its states counts as 0)
+            series = [counts.get(key, {}).get(h, 0) for h in covered if h != hour]
+            usual = median(series) if series else 0
+            if states >= BURST_FACTOR * max(usual, 1):
+                found.append((key, hour, states, usual))
+        found.sort(key=lambda f: (-f[2], f[0]))
+        names = self._texts([f[0] for f in found[:self.top]])
+        t.rows = [(names.get(k, "?"), h, s, int(u), f"{s / max(u, 1):.0f}x")
+                  for k, h, s, u in found[:self.top]]
+        return t
