@@ -33,16 +33,24 @@ def build(out, states, collections, interval, seed):
     from pfhistory import db
     from pfhistory.collector import Snapshot, record_snapshot
     from pfhistory.models import Collection
+    from pfhistory.rollup import roll_up_pending
 
     path = out / f"history-{states}x{collections}.db"
     url = db.resolve_url(str(path))
     if path.exists():
-        engine = db.open_engine(url, readonly=True)
+        engine = db.open_engine(url)
+        db.upgrade_to_head(engine, url)
         with engine.connect() as conn:
             have = conn.execute(select(func.count()).select_from(Collection)).scalar()
-        engine.dispose()
         if have == collections:
+            t0 = time.monotonic()
+            n = roll_up_pending(engine)          # a history recorded before rollups
+            if n:
+                print(f"  rolled up {n} collections ({time.monotonic() - t0:.0f} s)",
+                      file=sys.stderr)
+            engine.dispose()
             return path
+        engine.dispose()
         sys.exit(f"{path} holds {have} of {collections} collections: delete it and run again")
     snaps = out / f"snapshots-{states}x{collections}"
     duration = (collections - 1) * interval
@@ -67,6 +75,7 @@ def build(out, states, collections, interval, seed):
         for f in files:
             when = START + timedelta(seconds=done * interval)
             record_snapshot(engine, Snapshot(f, int(when.timestamp()), str(f)))
+            roll_up_pending(engine)
             f.unlink()
             done += 1
             print(f"  recorded {done}/{collections} ({time.monotonic() - t0:.0f} s)",

@@ -228,8 +228,9 @@ class Rollup(Base):
     thousand rollup rows. Dimensions (pfhistory.rollup.DIMENSIONS): local
     host, remote host, service, rule, interface, translated address,
     published (rdr) service, initiating host, largest states. Bytes and
-    packets are what moved in the hour, seen from the key's side (out: sent
-    by the local host); states are the states first seen in the hour.
+    packets are what moved in the hour: for a host, out is what it sent; for
+    the other dimensions, out is what initiators sent. states: the states
+    first seen in the hour. The addresses rollups name are kept by prune.
     """
 
     __table__ = Table(
@@ -238,8 +239,11 @@ class Rollup(Base):
                doc="UTC hour h (epoch s): collections in (h, h + 3600]"),
         Column("dim", SmallInteger, primary_key=True),
         Column("key", BigInteger, primary_key=True, doc="addresses.id, port, rule or pk"),
-        Column("key2", BigInteger, primary_key=True, doc="protocol, anchor or port; else 0"),
-        Column("label", Text, primary_key=True, doc="interface name; else ''"),
+        Column("key2", BigInteger, primary_key=True,
+               doc="protocol (service), anchor (rule), internal addresses.id (published); "
+                   "else 0"),
+        Column("label", Text, primary_key=True,
+               doc="interface name; 'proto/public port/internal port' (published); else ''"),
         Column("states", Integer, nullable=False, doc="states first seen in the hour"),
         Column("halfopen", Integer, nullable=False,
                doc="of those, TCP states first seen before ESTABLISHED on either side"),

@@ -276,12 +276,14 @@ def prune_states_batch(conn, before_at, limit):
 
 
 def prune_orphan_addresses(conn, limit):
-    """Delete up to limit addresses no state refers to any more."""
+    """Delete up to limit addresses no state and no rollup refers to any more."""
     return conn.exec_driver_sql(
         f"DELETE FROM addresses WHERE id IN (SELECT a.id FROM addresses a "
         f"WHERE NOT EXISTS (SELECT 1 FROM state_keys k WHERE k.addr0 = a.id AND k.mirror = 0) "
         f"AND NOT EXISTS (SELECT 1 FROM state_keys k WHERE k.addr1 = a.id AND k.mirror = 0) "
         f"AND a.id NOT IN (SELECT rt_addr FROM states WHERE rt_addr IS NOT NULL) "
+        f"AND a.id NOT IN (SELECT key FROM rollups WHERE dim IN (1, 2, 6, 7, 8)) "
+        f"AND a.id NOT IN (SELECT key2 FROM rollups WHERE dim = 7) "
         f"LIMIT {int(limit)})").rowcount
 
 

@@ -304,17 +304,15 @@ class _Builder:
                                 ["address", "states", "bytes"], ["text", "int", "bytes"],
                                 [(names.get(r[0], "?"), r[3], r[7] + r[8]) for r in nat]))
         pub = self._ranked(R.PUBLISHED, by_states)
-        inner = {}
+        names = self._texts([r[0] for r in pub] + [r[1] for r in pub])
+        rows = []
         for r in pub:
-            a, _, p = r[2].partition(":")
-            inner[r] = (int(a), p)
-        names = self._texts([r[0] for r in pub] + [v[0] for v in inner.values()])
+            proto, public_port, port = map(int, r[2].split("/"))
+            rows.append((f"{names.get(r[0], '?')} {_service(proto, public_port)}",
+                         _endpoint(names.get(r[1], "?"), port), r[3], r[7] + r[8]))
         sec.tables.append(Table(
             "nat_ports", "NAT: published (rdr) addresses and ports by states",
-            ["published", "to", "states", "bytes"], ["text", "text", "int", "bytes"],
-            [(f"{names.get(r[0], '?')} {_service(r[1] >> 16, r[1] & 0xFFFF)}",
-              _endpoint(names.get(inner[r][0], "?"), inner[r][1]), r[3], r[7] + r[8])
-             for r in pub]))
+            ["published", "to", "states", "bytes"], ["text", "text", "int", "bytes"], rows))
         # Longest-lived: a connection seen in the period that lived longer than
         # the period was alive at its start; shorter ones rank below the period.
         # Longest-lived: a connection seen in the period that lived longer than

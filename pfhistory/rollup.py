@@ -185,7 +185,7 @@ class _Accumulator:
         if not mirror and (wa1 != sa1 or wp1 != sp1):
             add((NAT, wa1, 0, ""), n, half, *out)
             if direction != PF_OUT:
-                add((PUBLISHED, wa1, (proto << 16) | wp1, f"{sa1}:{sp1}"), n, half, *out)
+                add((PUBLISHED, wa1, sa1, f"{proto}/{wp1}/{sp1}"), n, half, *out)
         if new:
             add((SOURCE, initiator, 0, ""), 1, half, 0, 0, 0, 0)
         total = b0 + b1

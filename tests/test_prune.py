@@ -45,10 +45,16 @@ def test_prune_deletes_ended_states_and_keeps_the_rest(recorded):
     assert _count(con, "SELECT count(*) FROM state_peers") == 2 * n
     assert _count(con, "SELECT count(*) FROM samples WHERE state_pk NOT IN "
                        "(SELECT pk FROM states)") == 0
-    # No address is left that no state uses.
-    assert _count(con, "SELECT count(*) FROM addresses a WHERE NOT EXISTS "
-                       "(SELECT 1 FROM state_keys k WHERE k.addr0 = a.id OR k.addr1 = a.id) "
-                       "AND NOT EXISTS (SELECT 1 FROM states s WHERE s.rt_addr = a.id)") == 0
+    # No address is left that no state and no rollup uses; the rollups' are kept.
+    unused = ("SELECT count(*) FROM addresses a WHERE NOT EXISTS "
+              "(SELECT 1 FROM state_keys k WHERE k.addr0 = a.id OR k.addr1 = a.id) "
+              "AND NOT EXISTS (SELECT 1 FROM states s WHERE s.rt_addr = a.id)")
+    assert _count(con, unused + " AND NOT EXISTS (SELECT 1 FROM rollups r WHERE "
+                  "(r.dim IN (1, 2, 6, 7, 8) AND r.key = a.id) OR "
+                  "(r.dim = 7 AND r.key2 = a.id))") == 0
+    assert _count(con, unused) > 0
+    assert _count(con, "SELECT count(*) FROM rollups r WHERE r.dim IN (1, 2, 6, 7, 8) "
+                       "AND r.key NOT IN (SELECT id FROM addresses)") == 0
     # The collections' aggregates stay for as long as the history.
     assert _count(con, "SELECT count(*) FROM collections") == collections
     con.close()

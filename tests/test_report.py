@@ -387,3 +387,23 @@ def test_rollups_are_idempotent_and_every_collection_is_counted(recorded, tmp_pa
         after = c.execute("SELECT sum(bytes_out + bytes_in), count(*) FROM rollups "
                           "WHERE dim = 3").fetchone()
     assert after == before, again.stderr
+
+
+def test_prune_keeps_what_the_rollups_name(recorded, tmp_path):
+    import shutil
+
+    db = tmp_path / "pruned.db"
+    shutil.copy(recorded[0], db)
+    base = ("report", "--db", db, "--since", SINCE, "--until", UNTIL, "--format", "json")
+    before = json.loads(run_cli(*base).stdout)
+    out = run_cli("prune", "--db", db, "--before", UNTIL)
+    assert out.returncode == 0, out.stderr
+    after = json.loads(run_cli(*base).stdout)
+
+    def tables(doc, keys):
+        return {t["key"]: t["rows"] for s in doc["sections"] for t in s["tables"]
+                if t["key"] in keys}
+
+    keys = {"local_bytes_out", "remote_connections", "services", "rules_bytes", "nat_ports",
+            "halfopen", "bursts", "coverage", "timeline"}
+    assert tables(after, keys) == tables(before, keys)
