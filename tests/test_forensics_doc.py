@@ -209,3 +209,18 @@ def test_q15_half_open(forensic_db, history):
         if record_src.state in (2, 3):
             counts[str(s.wire_key.addr[0])] += 1
     assert rows and {r["source"]: r["half_open"] for r in rows} == dict(counts)
+
+
+def test_q16_rollups_agree_with_the_report(forensic_db):
+    import json
+
+    since, until = T0, T0 + 3600
+    rows = _run(forensic_db, "Q16", since=_iso(since), until=_iso(until))
+    out = run_cli("report", "--db", forensic_db, "--since", _iso(since) + "Z",
+                  "--until", _iso(until) + "Z",
+                  "--format", "json")
+    assert out.returncode == 0, out.stderr
+    table = next(t for s in json.loads(out.stdout)["sections"] for t in s["tables"]
+                 if t["key"] == "local_bytes_out")
+    assert rows and [(r["host"], r["sent"], r["received"], r["connections"]) for r in rows] \
+        == [tuple(r) for r in table["rows"]]
