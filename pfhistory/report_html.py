@@ -5,6 +5,7 @@ client; the layout is one narrow column that reads on a phone (tables scroll
 sideways inside their box). Every chart's numbers are also in a table.
 """
 
+from datetime import datetime, timezone
 from html import escape
 
 from pfhistory.report_format import human_bytes, local_time, show
@@ -22,14 +23,15 @@ main{max-width:60rem;margin:0 auto;padding:0.8rem}
 h1{font-size:1.35rem;margin:0.4rem 0}h2{font-size:1.15rem;margin-top:1.8rem;
 border-bottom:1px solid #ccc}h3{font-size:1rem;margin:1.2rem 0 0.3rem}
 .meta{color:#555;font-size:0.9rem}
-nav a{margin-right:0.8rem;white-space:nowrap}
+nav{display:flex;flex-wrap:wrap;gap:0.2rem 0.9rem}nav a{white-space:nowrap}
+details{margin:0.3rem 0 0.8rem}summary{cursor:pointer;color:#555}
 .scroll{overflow-x:auto;-webkit-overflow-scrolling:touch}
 table{border-collapse:collapse;font-size:0.88rem;margin:0.2rem 0 0.6rem}
 th,td{padding:0.2rem 0.5rem;border-bottom:1px solid #e4e4e4;text-align:left;
 white-space:nowrap}td.n{text-align:right;font-variant-numeric:tabular-nums}
 caption{text-align:left;font-weight:600;padding:0.3rem 0}
 .note{color:#555;font-size:0.85rem}
-figure{margin:0.8rem 0}svg{width:100%;height:auto;max-width:640px}
+figure{margin:1rem 0}figcaption{font-weight:600;font-size:0.95rem}svg{width:100%;height:auto;max-width:640px}
 svg text{font-size:11px;fill:#444}.legend span{display:inline-block;margin-right:0.8rem;
 font-size:0.85rem}.legend i{display:inline-block;width:0.8rem;height:0.8rem;
 margin-right:0.3rem;vertical-align:-1px}
@@ -58,8 +60,15 @@ def write_html(rep, out):
             t = tables.get(c.table)
             if t is not None:
                 _chart(out, c, t)
+        charted = {c.table for c in s.charts}
         for t in s.tables:
-            _table(out, t)
+            if t.key in charted:
+                # a chart's numbers: at hand, folded away on a phone
+                out.write(f"<details><summary>{escape(t.title)}: the numbers</summary>\n")
+                _table(out, t)
+                out.write("</details>\n")
+            else:
+                _table(out, t)
         out.write("</section>\n")
     out.write("</main>\n</body>\n</html>\n")
 
@@ -84,6 +93,11 @@ def _table(out, t):
         out.write(f"<p class=\"note\">{escape(t.note)}</p>\n")
 
 
+def _short_time(epoch):
+    """An axis label: local date and time to the minute."""
+    return datetime.fromtimestamp(epoch, timezone.utc).astimezone().strftime("%Y-%m-%d %H:%M")
+
+
 def _tick(value, kind):
     return human_bytes(value) if kind == "bytes" else f"{int(value):,}"
 
@@ -104,11 +118,14 @@ def _chart(out, c, t):
     pw, ph = _W - _PAD_L - _PAD_R, _H - _PAD_T - _PAD_B
 
     def sx(x):
+        if x1 == x0:
+            return _PAD_L + pw / 2
         return _PAD_L + (x - x0) / span * pw
 
     def sy(y):
         return _PAD_T + ph - y / top * ph
 
+    out.write(f"<figcaption>{escape(c.title)}</figcaption>\n")
     out.write(f"<svg viewBox=\"0 0 {_W} {_H}\" role=\"img\" "
               f"xmlns=\"http://www.w3.org/2000/svg\"><title>{escape(c.title)}</title>\n")
     for i in range(5):
@@ -117,9 +134,9 @@ def _chart(out, c, t):
                   f"y2=\"{sy(y):.1f}\" stroke=\"#e4e4e4\"/>"
                   f"<text x=\"{_PAD_L - 4}\" y=\"{sy(y) + 4:.1f}\" text-anchor=\"end\">"
                   f"{escape(_tick(y, kind))}</text>\n")
-    for x, anchor in ((x0, "start"), (x1, "end")):
+    for x, anchor in ((x0, "start"), (x1, "end")) if x1 != x0 else ((x0, "middle"),):
         out.write(f"<text x=\"{sx(x):.1f}\" y=\"{_H - 12}\" text-anchor=\"{anchor}\">"
-                  f"{escape(local_time(x))}</text>\n")
+                  f"{escape(_short_time(x))}</text>\n")
     if c.style == "bar":
         width = max(pw / max(len(points), 1) - 1, 1)
         for x, vs in points:
@@ -133,14 +150,19 @@ def _chart(out, c, t):
         for j, _name in enumerate(names):
             pts = " ".join(f"{sx(x):.1f},{sy(vs[j]):.1f}" for x, vs in points
                            if vs[j] is not None)
-            out.write(f"<polyline fill=\"none\" stroke=\"{_COLORS[j % len(_COLORS)]}\" "
+            color = _COLORS[j % len(_COLORS)]
+            out.write(f"<polyline fill=\"none\" stroke=\"{color}\" "
                       f"stroke-width=\"1.6\" points=\"{pts}\"/>\n")
-    out.write("</svg>\n<figcaption>")
-    out.write(f"{escape(c.title)} (numbers: table &ldquo;{escape(t.title)}&rdquo;)")
+            if len(points) <= 48:        # few points (hours): mark each one
+                for x, vs in points:
+                    if vs[j] is not None:
+                        out.write(f"<circle cx=\"{sx(x):.1f}\" cy=\"{sy(vs[j]):.1f}\" "
+                                  f"r=\"3\" fill=\"{color}\"/>\n")
+    out.write("</svg>\n")
     if len(names) > 1:
         out.write("<div class=\"legend\">")
         for j, name in enumerate(names):
             out.write(f"<span><i style=\"background:{_COLORS[j % len(_COLORS)]}\"></i>"
                       f"{escape(name)}</span>")
-        out.write("</div>")
-    out.write("</figcaption>\n</figure>\n")
+        out.write("</div>\n")
+    out.write("</figure>\n")
