@@ -108,14 +108,13 @@ def roll_up(conn, collection_id, collected_at, ranges):
     acc = _Accumulator(hour, local)
     span = queries.first_seen_pk_range(conn, collection_id)
     if span is not None:
-        for row in queries.rollup_new_states(conn, collection_id, *span):
-            # The first collection of a history is its baseline: what its
-            # states moved before it cannot be placed in any hour.
-            acc.add(row, new=True, moved=not first)
+        # The first collection of a history is its baseline: what its
+        # states moved before it cannot be placed in any hour.
+        acc.add(queries.rollup_new_states(conn, collection_id, *span), new=True,
+                moved=not first)
     complete = 1
     if queries.samples_until(conn, collection_id):
-        for row in queries.rollup_changed_states(conn, collection_id):
-            acc.add(row, new=False, moved=True)
+        acc.add(queries.rollup_changed_states(conn, collection_id), new=False, moved=True)
     elif queries.collection_updated(conn, collection_id):
         complete = 2
     queries.upsert_rollups(conn, acc.rows())
@@ -131,72 +130,102 @@ class _Accumulator:
         self.sums = {}
         self.largest = []
 
-    def _add(self, key, new, half, p_out, p_in, b_out, b_in):
-        s = self.sums.get(key)
-        if s is None:
-            self.sums[key] = [new, half, p_out, p_in, b_out, b_in]
-        else:
-            s[0] += new
-            s[1] += half
-            s[2] += p_out
-            s[3] += p_in
-            s[4] += b_out
-            s[5] += b_in
+    def add(self, rows, new, moved):
+        """Add states (rollup_new_states / rollup_changed_states rows).
 
-    def add(self, row, new, moved):
-        (pk, direction, proto, rule, anchor, ifname, wa0, wp0, wa1, wp1, sa0, _sp0,
-         sa1, sp1, mirror, p0, p1, b0, b1, src_state, dst_state) = row
-        if moved:
-            p0, p1 = max(p0, 0), max(p1, 0)
-            b0, b1 = max(b0, 0), max(b1, 0)
-        else:
-            p0 = p1 = b0 = b1 = 0
-        n = 1 if new else 0
-        half = 1 if (new and proto == 6 and src_state is not None
-                     and max(src_state, dst_state) < _TCPS_ESTABLISHED) else 0
+        new: first seen at this collection; moved: count their counters
+        (False for the baseline collection). One tight loop: at a million
+        states per collection every attribute lookup shows."""
+        sums = self.sums
         local = self.local
-        if direction == PF_OUT:
-            # PF_OUT: [1] is the initiator (the stack key keeps it before NAT),
-            # [0] the responder.
-            initiator, responder, its_peer, port = sa1, sa0, wa0, wp0
-        else:
-            initiator, responder, its_peer, port = wa0, sa1, wa1, wp1
-        fwd = (p0, p1, b0, b1)          # bytes[0]: sent by the initiator
-        back = (p1, p0, b1, b0)
-        add = self._add
-        if initiator in local:
-            add((LOCAL, initiator, 0, ""), n, half, *fwd)
-            add((REMOTE, its_peer, 0, ""), n, half, *back)
-        elif responder in local:
-            add((LOCAL, responder, 0, ""), n, half, *back)
-            add((REMOTE, initiator, 0, ""), n, half, *fwd)
-        elif direction == PF_OUT:
-            # The firewall's own connections out: the remote end answers.
-            add((REMOTE, its_peer, 0, ""), n, half, *back)
-        else:
-            add((REMOTE, initiator, 0, ""), n, half, *fwd)
-        out = fwd
-        svc_port = 0 if proto in _ICMP else port
-        add((SERVICE, svc_port, proto, ""), n, half, *out)
-        add((RULE, rule, anchor, ""), n, half, *out)
-        add((INTERFACE, 0, 0, ifname), n, half, *out)
-        # A translation of the local side: nat-to (out) or rdr-to (in) gives
-        # the wire key's [1] another address or port than the stack key's.
-        if not mirror and (wa1 != sa1 or wp1 != sp1):
-            add((NAT, wa1, 0, ""), n, half, *out)
-            if direction != PF_OUT:
-                add((PUBLISHED, wa1, sa1, f"{proto}/{wp1}/{sp1}"), n, half, *out)
-        if new:
-            add((SOURCE, initiator, 0, ""), 1, half, 0, 0, 0, 0)
-        total = b0 + b1
-        if total:
-            self.largest.append((total, pk, p0 + p1))
+        largest = self.largest
+        n = 1 if new else 0
+        d_local, d_remote, d_service, d_rule, d_if, d_nat, d_pub, d_src = (
+            sums.setdefault(dim, {}) for dim in (LOCAL, REMOTE, SERVICE, RULE, INTERFACE,
+                                                 NAT, PUBLISHED, SOURCE))
+
+        def bump(sums, key, half, a, b, c, d):
+            s = sums.get(key)
+            if s is None:
+                sums[key] = [n, half, a, b, c, d]
+            else:
+                s[0] += n
+                s[1] += half
+                s[2] += a
+                s[3] += b
+                s[4] += c
+                s[5] += d
+
+        for (pk, direction, proto, rule, anchor, ifname, wa0, wp0, wa1, wp1, sa0, _sp0,
+             sa1, sp1, mirror, p0, p1, b0, b1, src_state, dst_state) in rows:
+            if not moved:
+                p0 = p1 = b0 = b1 = 0
+            else:
+                if p0 < 0:
+                    p0 = 0
+                if p1 < 0:
+                    p1 = 0
+                if b0 < 0:
+                    b0 = 0
+                if b1 < 0:
+                    b1 = 0
+            half = 1 if (new and src_state is not None and proto == 6
+                         and src_state < _TCPS_ESTABLISHED
+                         and dst_state < _TCPS_ESTABLISHED) else 0
+            if direction == PF_OUT:
+                # PF_OUT: [1] is the initiator (the stack key keeps it before
+                # NAT), [0] the responder.
+                initiator, responder, its_peer, port = sa1, sa0, wa0, wp0
+            else:
+                initiator, responder, its_peer, port = wa0, sa1, wa1, wp1
+            # bytes[0] went from the initiator to the responder.
+            if initiator in local:
+                bump(d_local, initiator, half, p0, p1, b0, b1)
+                bump(d_remote, its_peer, half, p1, p0, b1, b0)
+            elif responder in local:
+                bump(d_local, responder, half, p1, p0, b1, b0)
+                bump(d_remote, initiator, half, p0, p1, b0, b1)
+            elif direction == PF_OUT:
+                # The firewall's own connections out: the remote end answers.
+                bump(d_remote, its_peer, half, p1, p0, b1, b0)
+            else:
+                bump(d_remote, initiator, half, p0, p1, b0, b1)
+            bump(d_service, (0 if proto in _ICMP else port, proto), half, p0, p1, b0, b1)
+            bump(d_rule, (rule, anchor), half, p0, p1, b0, b1)
+            bump(d_if, ifname, half, p0, p1, b0, b1)
+            # A translation of the local side: nat-to (out) or rdr-to (in)
+            # gives the wire key's [1] another address or port than the stack's.
+            if not mirror and (wa1 != sa1 or wp1 != sp1):
+                bump(d_nat, wa1, half, p0, p1, b0, b1)
+                if direction != PF_OUT:
+                    bump(d_pub, (wa1, sa1, proto, wp1, sp1), half, p0, p1, b0, b1)
+            if new:
+                bump(d_src, initiator, half, 0, 0, 0, 0)
+            if b0 or b1:
+                largest.append((b0 + b1, pk, p0 + p1))
+        # keep the candidates for the largest connections few
+        if len(largest) > 4 * LARGEST_PER_COLLECTION:
+            largest.sort(reverse=True)
+            del largest[LARGEST_PER_COLLECTION:]
 
     def rows(self):
         hour = self.hour
-        rows = [(hour, dim, key, key2, label, s[0], s[1], min(s[2], _U63), min(s[3], _U63),
-                 min(s[4], _U63), min(s[5], _U63))
-                for (dim, key, key2, label), s in self.sums.items()]
+        rows = []
+
+        def key(dim, k):
+            """(key, key2, label) of a dimension's key."""
+            if dim in (SERVICE, RULE):
+                return k[0], k[1], ""
+            if dim == INTERFACE:
+                return 0, 0, k
+            if dim == PUBLISHED:
+                return k[0], k[1], f"{k[2]}/{k[3]}/{k[4]}"
+            return k, 0, ""
+
+        for dim, sums in self.sums.items():
+            for k, s in sums.items():
+                rows.append((hour, dim, *key(dim, k), s[0], s[1], min(s[2], _U63),
+                             min(s[3], _U63), min(s[4], _U63), min(s[5], _U63)))
         self.largest.sort(reverse=True)
         for total, pk, packets in self.largest[:LARGEST_PER_COLLECTION]:
             rows.append((hour, LARGEST, pk, 0, "", 0, 0, min(packets, _U63), 0,
