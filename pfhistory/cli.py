@@ -354,7 +354,8 @@ def _add_summary(sub):
         "summary",
         help="a short summary of the history: states, open and closed, top talkers",
         description="How many collections and states the history holds, how many are "
-                    "open and closed, and the hosts that moved the most bytes.",
+                    "open and closed, and the local and remote hosts that moved the most "
+                    "bytes since the history began (pfhistory report tells more).",
         epilog="Example:\n  pfhistory summary --db /var/db/pfhistory/history.db\n",
     )
     _add_db_option(p)
@@ -385,7 +386,7 @@ def _cmd_summary(args):
                         ("top remote hosts by bytes", s["top_remote"])):
         print(f"{title}:")
         for host, nbytes, nstates in rows:
-            print(f"  {host:<40} {nbytes:>16,} bytes  {nstates:>7,} states")
+            print(f"  {host:<40} {nbytes:>16,} bytes  {nstates:>7,} new states")
     return 0
 
 

@@ -15,6 +15,7 @@ from pfhistory.models import (
     PEER_FIELDS,
     Address,
     Collection,
+    Rollup,
     Sample,
     Setting,
     State,
@@ -480,32 +481,26 @@ def history_rows(conn, f, at_row):
 # -- summaries -------------------------------------------------------------------
 
 def summary(conn, top=5):
-    """The history in a few numbers: collections, states, top talkers by bytes.
-
-    A state's local host is the stack key's addr[1] (the internal side, before
-    NAT) and its remote host the wire key's addr[0], for both directions
-    (pf_setup_pdesc() in sys/net/pf.c puts the initiator of an inbound state
-    at [0] and of an outbound one at [1]).
-    """
+    """The history in a few numbers: collections, states, top talkers by bytes
+    (from the rollups: local and remote as pfhistory.rollup defines them)."""
     first, last, n = conn.execute(select(func.min(Collection.collected_at),
                                          func.max(Collection.collected_at),
                                          func.count())).one()
     states, open_ = conn.execute(select(func.count(), func.count(State.pk).filter(
         State.ended_before.is_(None)))).one()
 
-    def talkers(side, column):
-        k = StateKey.__table__.alias("k")
-        a = Address.__table__.alias("a")
-        total = (State.bytes0 + State.bytes1)
-        q = (select(a.c.text, func.sum(total).label("bytes"), func.count().label("states"))
-             .select_from(State.__table__.join(k, (k.c.state_pk == State.pk) & (k.c.side == side))
-                          .join(a, a.c.id == k.c[column]))
-             .group_by(a.c.text).order_by(func.sum(total).desc(), a.c.text).limit(top))
-        return [tuple(r) for r in conn.execute(q)]
+    def talkers(dim):
+        r = Rollup.__table__.c
+        total = func.sum(r.bytes_out + r.bytes_in)
+        q = (select(Address.text, total.label("bytes"), func.sum(r.states).label("states"))
+             .select_from(Rollup.__table__.join(Address.__table__, Address.id == r.key))
+             .where(r.dim == dim).group_by(Address.text)
+             .order_by(total.desc(), Address.text).limit(top))
+        return [tuple(row) for row in conn.execute(q)]
 
     return {"collections": n, "first": first, "last": last, "states": states,
             "open": open_, "closed": states - open_,
-            "top_local": talkers(1, "addr1"), "top_remote": talkers(0, "addr0")}
+            "top_local": talkers(1), "top_remote": talkers(2)}
 
 
 # -- settings --------------------------------------------------------------------

@@ -407,3 +407,14 @@ def test_prune_keeps_what_the_rollups_name(recorded, tmp_path):
     keys = {"local_bytes_out", "remote_connections", "services", "rules_bytes", "nat_ports",
             "halfopen", "bursts", "coverage", "timeline"}
     assert tables(after, keys) == tables(before, keys)
+
+
+def test_summary_names_the_same_top_talkers(recorded):
+    out = run_cli("summary", "--db", recorded[0], "--top", "3")
+    assert out.returncode == 0, out.stderr
+    hosts, *_ = _brute(recorded[1])
+    for kind in ("local", "remote"):
+        want = sorted(hosts[kind].items(), key=lambda kv: (-(kv[1][0] + kv[1][1]), kv[0]))[:3]
+        block = out.stdout.split(f"top {kind} hosts by bytes:\n")[1].splitlines()[:3]
+        got = [(line.split()[0], int(line.split()[1].replace(",", ""))) for line in block]
+        assert got == [(h, v[0] + v[1]) for h, v in want]
