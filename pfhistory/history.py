@@ -186,19 +186,28 @@ class History:
             if latest is None:
                 return
             result = queries.history_rows(conn, filters, at_row)
+            lookups = _Lookups(conn)
             while True:
                 rows = result.fetchmany(_BATCH)
                 if not rows:
                     break
-                yield from _rebuild(rows, latest)
+                yield from _rebuild(rows, latest, at_row, lookups)
 
     def table_at(self, t, verbose=2):
         """What ``pfctl -ss`` printed (``-vv`` by default) at the collection at
         or before t, in the order of that snapshot's records."""
+        with self.engine.connect() as conn:
+            at_row = queries.collection_at_or_before(conn, _epoch(t))
+            if at_row is None:
+                return format_records(b"", verbose)
+            rows = queries.history_rows(conn, queries.HistoryFilters(), at_row).fetchall()
+            columns = _Columns(rows)
+            records = _records(rows, columns, at_row, _Lookups(conn))
         # The kernel lists states in insertion order, which is id order for
         # the ids one firewall hands out (pf_state_insert in sys/net/pf.c).
-        states = sorted(self.states(at=t), key=lambda s: (s.id, s.creatorid))
-        return format_records(b"".join([s.record for s in states]), verbose)
+        ids = map(_unsigned, map(columns.get("state_id"), rows))
+        keyed = sorted(zip(ids, map(columns.get("creatorid"), rows), records))
+        return format_records(b"".join([rec for _id, _creatorid, rec in keyed]), verbose)
 
 
 _PEER_ORDER = ("pfss_flags", "pfss_ttl", "scrub_flag", "pfss_ts_mod", "seqlo", "seqhi",
@@ -211,54 +220,117 @@ _PACK_ORDER = (
     "w_addr0", "w_addr1", "w_port0", "w_port1", "w_rdomain", "w_af",
     "s_addr0", "s_addr1", "s_port0", "s_port1", "s_rdomain", "s_af",
     *(f"src_{f}" for f in _PEER_ORDER), *(f"dst_{f}" for f in _PEER_ORDER),
-    "rt_bin", "rule", "anchor", "nat_rule", "v_created_at", "v_expires_at",
+    "rt_addr", "rule", "anchor", "nat_rule", "v_created_at", "v_expires_at",
     "v_packets0", "v_packets1", "v_bytes0", "v_bytes1", "creatorid", "rtableid0",
     "rtableid1", "max_mss", "af", "proto", "direction", "log", "rt", "v_timeout",
     "v_sync_flags", "v_updates", "min_ttl", "set_tos", "v_state_flags", "set_prio0",
     "set_prio1")
-_ADDRS = [_PACK_ORDER.index(n) for n in ("w_addr0", "w_addr1", "s_addr0", "s_addr1", "rt_bin")]
+_ADDRS = [_PACK_ORDER.index(n) for n in ("w_addr0", "w_addr1", "s_addr0", "s_addr1", "rt_addr")]
 _CREATION, _EXPIRE = _PACK_ORDER.index("v_created_at"), _PACK_ORDER.index("v_expires_at")
-_INFO = ("ref_collection", "ref_at", "ended_before", "last_seen_at", "ended_before_at",
-         "first_seen_at", "v_created_at", "exact")
 _U64 = 1 << 64
+_NO_ADDR = bytes(16)
 
 
-def _rebuild(rows, latest):
+class _Columns:
+    """Where each named column sits in a batch of history rows."""
+
+    def __init__(self, rows):
+        self.names = list(rows[0]._fields) if rows else []
+
+    def get(self, *names):
+        return itemgetter(*[self.names.index(n) for n in names])
+
+
+class _Lookups:
+    """The 16-byte forms of addresses, the raw forms of interface names and
+    the datetimes of collections a query met, each looked up once."""
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.addresses = {None: _NO_ADDR}
+        self.ifnames = {}
+        self.times = {None: None}     # epoch: datetime
+        self.first_seen = {}          # collection id: datetime
+
+    def addresses_of(self, rows, columns):
+        """Look up the addresses rows refer to that are not known yet."""
+        ids = set()
+        for i in _ADDRS:
+            ids.update(map(columns.get(_PACK_ORDER[i]), rows))
+        ids.difference_update(self.addresses)
+        for id_, raw in queries.address_bins(self.conn, ids).items():
+            self.addresses[id_] = bytes(raw).ljust(16, b"\0")
+
+    def utc(self, epoch):
+        """A collection's time as a datetime (the same few, many times)."""
+        t = self.times.get(epoch)
+        if t is None and epoch is not None:
+            t = self.times[epoch] = _utc(epoch)
+        return t
+
+
+def _unsigned(state_id):
+    return state_id + _U64 if state_id < 0 else state_id
+
+
+def _records(rows, columns, at_row, lookups):
+    """The 264-byte records pf_state_export() wrote, exported again from
+    history rows: creation and expire are relative to the collection whose
+    values a row carries (at_row's, else the row's own)."""
+    lookups.addresses_of(rows, columns)
+    addresses, ifnames = lookups.addresses, lookups.ifnames
+    pack_get = columns.get(*_PACK_ORDER)
+    ref_get = None if at_row is not None else columns.get("ref_at")
+    ref_at = at_row[1] if at_row is not None else None
+    pack = records.STATE.pack
+    out = []
+    for r in rows:
+        v = list(pack_get(r))
+        if v[0] < 0:
+            v[0] += _U64
+        name = ifnames.get(v[1])
+        if name is None:
+            name = ifnames[v[1]] = ifname_raw(v[1])
+        v[1] = name
+        for i in _ADDRS:
+            v[i] = addresses[v[i]]
+        if ref_get is not None:
+            ref_at = ref_get(r)
+        v[_CREATION] = _u32(ref_at - v[_CREATION])
+        v[_EXPIRE] = _u32(v[_EXPIRE] - ref_at)
+        out.append(pack(*v))
+    return out
+
+
+def _rebuild(rows, latest, at_row, lookups):
     """PFState objects from history rows: records exported again, decoded."""
     if not rows:
         return []
-    keys = list(rows[0]._fields)
-    pack_get = itemgetter(*[keys.index(n) for n in _PACK_ORDER])
-    info_get = itemgetter(*[keys.index(n) for n in _INFO])
-    pack = records.STATE.pack
-    padded = {None: bytes(16)}
-    names = {}
-    recs = []
+    columns = _Columns(rows)
+    recs = _records(rows, columns, at_row, lookups)
+    first_get = columns.get("first_seen")
+    first_seen = lookups.first_seen
+    new = set(map(first_get, rows)).difference(first_seen)
+    for cid, at in queries.collection_times_of(lookups.conn, new).items():
+        first_seen[cid] = lookups.utc(at)
+    info_get = columns.get("last_seen_at", "ended_before_at", "v_created_at", "exact")
+    ref_get = None if at_row is not None else columns.get("ref_collection", "ref_at")
+    utc = lookups.utc
+    latest_seen = _utc(latest[1])
+    collection = None if at_row is None else (at_row[0], _utc(at_row[1]))
     infos = []
     for r in rows:
-        v = list(pack_get(r))
-        ref_id, ref_at, ended_before, last_at, ended_at, first_at, created_at, exact = info_get(r)
-        if v[0] < 0:
-            v[0] += _U64
-        name = names.get(v[1])
-        if name is None:
-            name = names[v[1]] = ifname_raw(v[1])
-        v[1] = name
-        for i in _ADDRS:
-            b = v[i]
-            p = padded.get(b)
-            if p is None:
-                p = padded[b] = bytes(b).ljust(16, b"\0")
-            v[i] = p
-        v[_CREATION] = _u32(ref_at - created_at)
-        v[_EXPIRE] = _u32(v[_EXPIRE] - ref_at)
-        recs.append(pack(*v))
+        last_at, ended_at, created_at, exact = info_get(r)
+        if ref_get is not None:
+            ref_id, ref_at = ref_get(r)
+            collection = (ref_id, utc(ref_at))
+        last_seen = utc(last_at)
         infos.append(HistoryInfo(
-            first_seen=_utc(first_at),
-            last_seen=_utc(last_at if last_at is not None else latest[1]),
+            first_seen=first_seen[first_get(r)],
+            last_seen=latest_seen if last_seen is None else last_seen,
             created_at=_utc(created_at),
-            ended=None if ended_before is None else (_utc(last_at), _utc(ended_at)),
-            collection=(ref_id, _utc(ref_at)),
+            ended=None if ended_at is None else (last_seen, utc(ended_at)),
+            collection=collection,
             exact=bool(exact)))
     columns = _native.decode(b"".join(recs))
     return states_from_columns(columns, history=infos)

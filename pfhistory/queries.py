@@ -367,27 +367,38 @@ def history_rows(conn, f, at_row):
     (absences kept as samples with present = 0 excluded), each with the
     values in force then (the sample holding them, else the current ones;
     exact = 0 where retention dropped them). Without: last observed values.
+
+    Addresses come as addresses.id and the first collection as its id
+    (address_bins() and collection_times_of() resolve the few distinct
+    ones): a join per row for them cost more than the rest of the query.
     """
     latest = latest_collection(conn)
     params = {"latest_at": latest[1] if latest else 0}
     where = []
     if at_row is not None:
         params["c"], params["c_at"] = at_row
-        sample_join = (
-            "LEFT JOIN samples x ON x.state_pk = s.pk AND x.valid_until = "
-            "(SELECT min(y.valid_until) FROM samples y WHERE y.state_pk = s.pk "
-            "AND y.valid_until > :c)")
-        # ended_before_at (indexed) narrows the scan to states that were still
-        # open then; collection times never go back, so it implies nothing more.
-        where += ["(s.ended_before_at IS NULL OR s.ended_before_at >= :c_at)",
-                  "s.first_seen <= :c", "(s.ended_before IS NULL OR s.ended_before > :c)",
-                  "(x.present IS NULL OR x.present = 1 OR x.valid_from > :c)"]
-        use_x = "(x.valid_from IS NOT NULL AND x.valid_from <= :c)"
-        ref = ":c AS ref_collection, :c_at AS ref_at, "
-        exact = f"CASE WHEN {use_x} OR s.values_since <= :c THEN 1 ELSE 0 END AS exact"
-        pick = lambda col: f"CASE WHEN {use_x} THEN x.{col} ELSE s.{col} END"  # noqa: E731
+        # A state's samples cover disjoint runs of collections
+        # [valid_from, valid_until), so at most one holds collection c.
+        sample_join = ("LEFT JOIN samples x ON x.state_pk = s.pk "
+                       "AND x.valid_until > :c AND x.valid_from <= :c")
+        if _narrowed_by_keys(f):
+            # The key filter drives; ended_before_at only prunes.
+            where.append("(s.ended_before_at IS NULL OR s.ended_before_at >= :c_at)")
+        else:
+            # Collection times never go back: a state alive at c is open or
+            # ended at or after c_at. Both halves are ranges of the indexed
+            # ended_before_at, so the table is never scanned whole.
+            where.append("s.pk IN (SELECT pk FROM states WHERE ended_before_at IS NULL "
+                         "UNION ALL SELECT pk FROM states WHERE ended_before_at >= :c_at)")
+        where += ["s.first_seen <= :c", "(s.ended_before IS NULL OR s.ended_before > :c)",
+                  "(x.present IS NULL OR x.present = 1)"]
+        # Sample columns are NOT NULL: a NULL one means no sample holds c.
+        ref = ""
+        exact = ("CASE WHEN x.state_pk IS NOT NULL OR s.values_since <= :c "
+                 "THEN 1 ELSE 0 END AS exact")
+        pick = lambda col: f"COALESCE(x.{col}, s.{col})"  # noqa: E731
         peer_pick = ", ".join(
-            f"CASE WHEN {use_x} THEN x.{side}_{fld} ELSE {alias}.{fld} END AS {side}_{fld}"
+            f"COALESCE(x.{side}_{fld}, {alias}.{fld}) AS {side}_{fld}"
             for side, alias in (("src", "ps"), ("dst", "pd")) for fld in PEER_FIELDS)
     else:
         sample_join = ""
@@ -397,7 +408,6 @@ def history_rows(conn, f, at_row):
         pick = lambda col: f"s.{col}"  # noqa: E731
         peer_pick = _PEER_SQL
     values = ", ".join(f"{pick(col)} AS v_{col}" for col in DYNAMIC_STATE_FIELDS)
-
     if f.since is not None:
         params["since"] = f.since
         where.append("(s.ended_before_at IS NULL OR s.ended_before_at > :since)")
@@ -452,20 +462,15 @@ def history_rows(conn, f, at_row):
         f"SELECT s.pk, s.state_id, s.creatorid, s.ifname, s.rule, s.anchor, s.nat_rule, "
         f"s.proto, s.direction, s.af, s.log, s.rt, s.rtableid0, s.rtableid1, s.max_mss, "
         f"s.min_ttl, s.set_tos, s.set_prio0, s.set_prio1, s.values_since, "
-        f"s.first_seen, fc.collected_at AS first_seen_at, s.last_seen, s.last_seen_at, "
-        f"s.ended_before, "
+        f"s.first_seen, s.last_seen, s.last_seen_at, s.ended_before, "
         f"s.ended_before_at, {values}, {ref}{exact}, "
-        f"wk.af AS w_af, wa0.bin AS w_addr0, wk.port0 AS w_port0, wa1.bin AS w_addr1, "
+        f"wk.af AS w_af, wk.addr0 AS w_addr0, wk.port0 AS w_port0, wk.addr1 AS w_addr1, "
         f"wk.port1 AS w_port1, wk.rdomain AS w_rdomain, "
-        f"sk.af AS s_af, sa0.bin AS s_addr0, sk.port0 AS s_port0, sa1.bin AS s_addr1, "
-        f"sk.port1 AS s_port1, sk.rdomain AS s_rdomain, rta.bin AS rt_bin, {peer_pick} "
+        f"sk.af AS s_af, sk.addr0 AS s_addr0, sk.port0 AS s_port0, sk.addr1 AS s_addr1, "
+        f"sk.port1 AS s_port1, sk.rdomain AS s_rdomain, s.rt_addr AS rt_addr, {peer_pick} "
         f"FROM states s "
-        f"JOIN collections fc ON fc.id = s.first_seen "
         f"JOIN state_keys wk ON wk.state_pk = s.pk AND wk.side = 0 "
         f"JOIN state_keys sk ON sk.state_pk = s.pk AND sk.side = 1 "
-        f"JOIN addresses wa0 ON wa0.id = wk.addr0 JOIN addresses wa1 ON wa1.id = wk.addr1 "
-        f"JOIN addresses sa0 ON sa0.id = sk.addr0 JOIN addresses sa1 ON sa1.id = sk.addr1 "
-        f"LEFT JOIN addresses rta ON rta.id = s.rt_addr "
         f"JOIN state_peers ps ON ps.state_pk = s.pk AND ps.side = 0 "
         f"JOIN state_peers pd ON pd.state_pk = s.pk AND pd.side = 1 "
         f"{sample_join} "
@@ -473,6 +478,33 @@ def history_rows(conn, f, at_row):
         + f"ORDER BY {order}"
         + (f" LIMIT {int(f.limit)}" if f.limit is not None else ""))
     return conn.execution_options(stream_results=True).execute(text(sql), params)
+
+
+def _narrowed_by_keys(f):
+    """Whether a filter looks states up by their keys (an index of state_keys)."""
+    return any(v is not None for v in (f.host, f.local, f.remote, f.port))
+
+
+_IN_CHUNK = 500  # ids per IN list: far below any driver's limit on parameters
+
+
+def _by_ids(conn, id_column, value_column, ids):
+    ids = sorted(ids)
+    found = {}
+    for i in range(0, len(ids), _IN_CHUNK):
+        found.update(conn.execute(select(id_column, value_column)
+                                  .where(id_column.in_(ids[i:i + _IN_CHUNK]))).all())
+    return found
+
+
+def address_bins(conn, ids):
+    """{addresses.id: binary form} of the given ids."""
+    return _by_ids(conn, Address.id, Address.bin, ids)
+
+
+def collection_times_of(conn, ids):
+    """{collections.id: collected_at} of the given ids."""
+    return _by_ids(conn, Collection.id, Collection.collected_at, ids)
 
 
 # -- summaries -------------------------------------------------------------------
