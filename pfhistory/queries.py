@@ -344,7 +344,76 @@ _ORDERS = {
     "id": "s.state_id, s.creatorid",
 }
 
-_PEER_SQL = ", ".join(f"ps.{f} AS src_{f}, pd.{f} AS dst_{f}" for f in PEER_FIELDS)
+def _word(*fields):
+    """SQL for fields ((expression, bits), ..., first the highest) as one
+    BIGINT: the big-endian bytes struct packs for a run of narrow record
+    fields. Each field is masked to its width, so negative ones (rtableid)
+    keep their two's complement bits; shifts and ORs of BIGINTs wrap alike in
+    SQLite and PostgreSQL. None is padding."""
+    parts, shift = [], sum(bits for _e, bits in fields)
+    for expr, bits in fields:
+        shift -= bits
+        if expr is not None:
+            field = f"(CAST({expr} AS BIGINT) & {(1 << bits) - 1})"
+            parts.append(f"({field} << {shift})" if shift else field)
+    return f"({' | '.join(parts)})"
+
+
+def _record_select(pick, peer):
+    """[(name, struct format, SQL)] of the 264-byte record pf_state_export()
+    wrote (pfhistory.records.STATE), in its field order.
+
+    A field Python has to convert stays a column of its own (interface name,
+    address ids, created_at and expires_at, which become creation and expire);
+    runs of narrow fields come as one word each. A row is then 29 values
+    rather than 64, and fetching values is most of what rebuilding costs.
+    pick(column) and peer(side, column) are the SQL of a dynamic value.
+    """
+    def key(k):
+        # port[2] (network order), rdomain, af, pad: struct pfsync_state_key
+        return _word((f"{k}.port0", 16), (f"{k}.port1", 16), (f"{k}.rdomain", 16),
+                     (f"{k}.af", 8), (None, 8))
+
+    def peer_words(side):
+        # struct pfsync_state_scrub, then the rest of struct pfsync_state_peer
+        def p(col):
+            return peer(side, col)
+        return [
+            (f"{side}_scrub", "q", _word((p("pfss_flags"), 16), (p("pfss_ttl"), 8),
+                                         (p("scrub_flag"), 8), (p("pfss_ts_mod"), 32))),
+            (f"{side}_seq", "q", _word((p("seqlo"), 32), (p("seqhi"), 32))),
+            (f"{side}_win", "q", _word((p("seqdiff"), 32), (p("max_win"), 16), (p("mss"), 16))),
+            (f"{side}_state", "q", _word((p("state"), 8), (p("wscale"), 8), (None, 48))),
+        ]
+
+    return [
+        ("state_id", "q", "s.state_id"),  # two's complement: the same 8 bytes
+        ("ifname", "16s", "s.ifname"),
+        ("w_addr0", "16s", "wk.addr0"), ("w_addr1", "16s", "wk.addr1"), ("w_key", "q", key("wk")),
+        ("s_addr0", "16s", "sk.addr0"), ("s_addr1", "16s", "sk.addr1"), ("s_key", "q", key("sk")),
+        *peer_words("src"), *peer_words("dst"),
+        ("rt_addr", "16s", "s.rt_addr"),
+        ("rule_anchor", "q", _word(("s.rule", 32), ("s.anchor", 32))),
+        ("nat_rule", "I", "s.nat_rule"),
+        ("v_created_at", "I", pick("created_at")),
+        ("v_expires_at", "I", pick("expires_at")),
+        ("v_packets0", "Q", pick("packets0")), ("v_packets1", "Q", pick("packets1")),
+        ("v_bytes0", "Q", pick("bytes0")), ("v_bytes1", "Q", pick("bytes1")),
+        ("creatorid_rtableid0", "q", _word(("s.creatorid", 32), ("s.rtableid0", 32))),
+        ("rtableid1_mss_af_proto", "q", _word(("s.rtableid1", 32), ("s.max_mss", 16),
+                                              ("s.af", 8), ("s.proto", 8))),
+        ("flags", "q", _word(("s.direction", 8), ("s.log", 8), ("s.rt", 8),
+                             (pick("timeout"), 8), (pick("sync_flags"), 8),
+                             (pick("updates"), 8), ("s.min_ttl", 8), ("s.set_tos", 8))),
+        ("state_flags_prio", "I", _word((pick("state_flags"), 16), ("s.set_prio0", 8),
+                                        ("s.set_prio1", 8))),
+    ]
+
+
+_LAYOUT = _record_select(lambda col: col, lambda side, col: col)
+# What history_rows() selects first, for struct: its names and format.
+RECORD_NAMES = tuple(name for name, _fmt, _sql in _LAYOUT)
+RECORD_FORMAT = ">" + "".join(fmt for _name, fmt, _sql in _LAYOUT)
 
 
 def _endpoint_filter(name, bounds, sides, params):
@@ -360,8 +429,12 @@ def _endpoint_filter(name, bounds, sides, params):
     return f"s.pk IN ({' UNION '.join(parts)})"
 
 
-def history_rows(conn, f, at_row):
+def history_rows(conn, f, at_row, history=True):
     """The rows History rebuilds PFState objects from, streamed.
+
+    Each row starts with the record's columns (RECORD_NAMES, packed by
+    RECORD_FORMAT once Python has converted the interface name, addresses
+    and times); with history, the history columns follow.
 
     With at_row = (collection id, time): the states alive in that collection
     (absences kept as samples with present = 0 excluded), each with the
@@ -394,20 +467,21 @@ def history_rows(conn, f, at_row):
                   "(x.present IS NULL OR x.present = 1)"]
         # Sample columns are NOT NULL: a NULL one means no sample holds c.
         ref = ""
-        exact = ("CASE WHEN x.state_pk IS NOT NULL OR s.values_since <= :c "
-                 "THEN 1 ELSE 0 END AS exact")
+        exact = "CASE WHEN x.state_pk IS NOT NULL OR s.values_since <= :c THEN 1 ELSE 0 END"
         pick = lambda col: f"COALESCE(x.{col}, s.{col})"  # noqa: E731
-        peer_pick = ", ".join(
-            f"COALESCE(x.{side}_{fld}, {alias}.{fld}) AS {side}_{fld}"
-            for side, alias in (("src", "ps"), ("dst", "pd")) for fld in PEER_FIELDS)
+        alias = {"src": "ps", "dst": "pd"}
+        peer = lambda side, col: f"COALESCE(x.{side}_{col}, {alias[side]}.{col})"  # noqa: E731
     else:
         sample_join = ""
         ref = ("COALESCE(s.last_seen, (SELECT max(id) FROM collections)) AS ref_collection, "
                "COALESCE(s.last_seen_at, :latest_at) AS ref_at, ")
-        exact = "1 AS exact"
+        exact = "1"
         pick = lambda col: f"s.{col}"  # noqa: E731
-        peer_pick = _PEER_SQL
-    values = ", ".join(f"{pick(col)} AS v_{col}" for col in DYNAMIC_STATE_FIELDS)
+        peer = lambda side, col: f"{'ps' if side == 'src' else 'pd'}.{col}"  # noqa: E731
+    columns = ", ".join(f"{sql} AS {name}" for name, _fmt, sql in _record_select(pick, peer))
+    if history:
+        columns += (f", {ref}s.first_seen, s.last_seen_at, s.ended_before_at, "
+                    f"{exact} AS exact")
     if f.since is not None:
         params["since"] = f.since
         where.append("(s.ended_before_at IS NULL OR s.ended_before_at > :since)")
@@ -459,15 +533,7 @@ def history_rows(conn, f, at_row):
     if order is None:
         raise ValueError(f"order must be one of {', '.join(_ORDERS)}")
     sql = (
-        f"SELECT s.pk, s.state_id, s.creatorid, s.ifname, s.rule, s.anchor, s.nat_rule, "
-        f"s.proto, s.direction, s.af, s.log, s.rt, s.rtableid0, s.rtableid1, s.max_mss, "
-        f"s.min_ttl, s.set_tos, s.set_prio0, s.set_prio1, s.values_since, "
-        f"s.first_seen, s.last_seen, s.last_seen_at, s.ended_before, "
-        f"s.ended_before_at, {values}, {ref}{exact}, "
-        f"wk.af AS w_af, wk.addr0 AS w_addr0, wk.port0 AS w_port0, wk.addr1 AS w_addr1, "
-        f"wk.port1 AS w_port1, wk.rdomain AS w_rdomain, "
-        f"sk.af AS s_af, sk.addr0 AS s_addr0, sk.port0 AS s_port0, sk.addr1 AS s_addr1, "
-        f"sk.port1 AS s_port1, sk.rdomain AS s_rdomain, s.rt_addr AS rt_addr, {peer_pick} "
+        f"SELECT {columns} "
         f"FROM states s "
         f"JOIN state_keys wk ON wk.state_pk = s.pk AND wk.side = 0 "
         f"JOIN state_keys sk ON sk.state_pk = s.pk AND sk.side = 1 "
@@ -485,7 +551,7 @@ def _narrowed_by_keys(f):
     return any(v is not None for v in (f.host, f.local, f.remote, f.port))
 
 
-_IN_CHUNK = 500  # ids per IN list: far below any driver's limit on parameters
+_IN_CHUNK = 900  # ids per IN list: below any SQLite's limit on parameters (999 before 3.32)
 
 
 def _by_ids(conn, id_column, value_column, ids):
