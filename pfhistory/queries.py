@@ -344,22 +344,23 @@ _ORDERS = {
     "id": "s.state_id, s.creatorid",
 }
 
-def _word(*fields):
+def _word_sql(*fields, cast=True):
     """SQL for fields ((expression, bits), ..., first the highest) as one
     BIGINT: the big-endian bytes struct packs for a run of narrow record
     fields. Each field is masked to its width, so negative ones (rtableid)
     keep their two's complement bits; shifts and ORs of BIGINTs wrap alike in
-    SQLite and PostgreSQL. None is padding."""
+    SQLite and PostgreSQL. None is padding. cast=False leaves out the CASTs to
+    BIGINT, which only PostgreSQL's narrower integer columns need."""
     parts, shift = [], sum(bits for _e, bits in fields)
     for expr, bits in fields:
         shift -= bits
         if expr is not None:
-            field = f"(CAST({expr} AS BIGINT) & {(1 << bits) - 1})"
+            field = f"({f'CAST({expr} AS BIGINT)' if cast else expr} & {(1 << bits) - 1})"
             parts.append(f"({field} << {shift})" if shift else field)
     return f"({' | '.join(parts)})"
 
 
-def _record_select(pick, peer):
+def _record_select(pick, peer, cast=True):
     """[(name, struct format, SQL)] of the 264-byte record pf_state_export()
     wrote (pfhistory.records.STATE), in its field order.
 
@@ -369,6 +370,9 @@ def _record_select(pick, peer):
     rather than 64, and fetching values is most of what rebuilding costs.
     pick(column) and peer(side, column) are the SQL of a dynamic value.
     """
+    def _word(*fields):
+        return _word_sql(*fields, cast=cast)
+
     def key(k):
         # port[2] (network order), rdomain, af, pad: struct pfsync_state_key
         return _word((f"{k}.port0", 16), (f"{k}.port1", 16), (f"{k}.rdomain", 16),
@@ -411,6 +415,22 @@ def _record_select(pick, peer):
 
 
 _LAYOUT = _record_select(lambda col: col, lambda side, col: col)
+_PEER_ALIAS = {"src": "ps", "dst": "pd"}
+
+
+def _record_columns(conn, sampled):
+    """The SQL of the record's columns: current values, or with sampled those
+    of the sample x where one holds the collection (one CASE per column, so
+    a word is computed from one side only)."""
+    cast = conn.dialect.name != "sqlite"
+    current = _record_select(lambda col: f"s.{col}",
+                             lambda side, col: f"{_PEER_ALIAS[side]}.{col}", cast)
+    if not sampled:
+        return ", ".join(f"{sql} AS {name}" for name, _fmt, sql in current)
+    held = _record_select(lambda col: f"x.{col}", lambda side, col: f"x.{side}_{col}", cast)
+    return ", ".join(
+        f"{now if now == then else f'CASE WHEN x.state_pk IS NULL THEN {now} ELSE {then} END'}"
+        f" AS {name}" for (name, _fmt, now), (_n, _f, then) in zip(current, held))
 # What history_rows() selects first, for struct: its names and format.
 RECORD_NAMES = tuple(name for name, _fmt, _sql in _LAYOUT)
 RECORD_FORMAT = ">" + "".join(fmt for _name, fmt, _sql in _LAYOUT)
@@ -469,16 +489,13 @@ def history_rows(conn, f, at_row, history=True):
         ref = ""
         exact = "CASE WHEN x.state_pk IS NOT NULL OR s.values_since <= :c THEN 1 ELSE 0 END"
         pick = lambda col: f"COALESCE(x.{col}, s.{col})"  # noqa: E731
-        alias = {"src": "ps", "dst": "pd"}
-        peer = lambda side, col: f"COALESCE(x.{side}_{col}, {alias[side]}.{col})"  # noqa: E731
     else:
         sample_join = ""
         ref = ("COALESCE(s.last_seen, (SELECT max(id) FROM collections)) AS ref_collection, "
                "COALESCE(s.last_seen_at, :latest_at) AS ref_at, ")
         exact = "1"
         pick = lambda col: f"s.{col}"  # noqa: E731
-        peer = lambda side, col: f"{'ps' if side == 'src' else 'pd'}.{col}"  # noqa: E731
-    columns = ", ".join(f"{sql} AS {name}" for name, _fmt, sql in _record_select(pick, peer))
+    columns = _record_columns(conn, sampled=at_row is not None)
     if history:
         columns += (f", {ref}s.first_seen, s.last_seen_at, s.ended_before_at, "
                     f"{exact} AS exact")
