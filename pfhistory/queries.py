@@ -415,6 +415,10 @@ def _record_select(pick, peer, cast=True):
 
 
 _LAYOUT = _record_select(lambda col: col, lambda side, col: col)
+# What history_rows() selects first, for struct: its names and format.
+RECORD_NAMES = tuple(name for name, _fmt, _sql in _LAYOUT)
+RECORD_FORMAT = ">" + "".join(fmt for _name, fmt, _sql in _LAYOUT)
+
 _PEER_ALIAS = {"src": "ps", "dst": "pd"}
 
 
@@ -431,9 +435,6 @@ def _record_columns(conn, sampled):
     return ", ".join(
         f"{now if now == then else f'CASE WHEN x.state_pk IS NULL THEN {now} ELSE {then} END'}"
         f" AS {name}" for (name, _fmt, now), (_n, _f, then) in zip(current, held))
-# What history_rows() selects first, for struct: its names and format.
-RECORD_NAMES = tuple(name for name, _fmt, _sql in _LAYOUT)
-RECORD_FORMAT = ">" + "".join(fmt for _name, fmt, _sql in _LAYOUT)
 
 
 def _endpoint_filter(name, bounds, sides, params):
