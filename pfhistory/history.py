@@ -8,9 +8,11 @@ attributes and str() are the ones pfctl showed when it was observed.
 
 import ipaddress
 import re
+import struct
 from collections import namedtuple
-from operator import itemgetter
 from datetime import datetime, timezone
+from itertools import repeat
+from operator import itemgetter, sub
 
 from pfhistory import _native, queries, records
 from pfhistory.db import DatabaseError, open_engine, require_current_schema, resolve_url
@@ -186,83 +188,135 @@ class History:
             if latest is None:
                 return
             result = queries.history_rows(conn, filters, at_row)
+            lookups = _Lookups(conn)
             while True:
                 rows = result.fetchmany(_BATCH)
                 if not rows:
                     break
-                yield from _rebuild(rows, latest)
+                yield from _rebuild(rows, latest, at_row, lookups)
 
     def table_at(self, t, verbose=2):
         """What ``pfctl -ss`` printed (``-vv`` by default) at the collection at
         or before t, in the order of that snapshot's records."""
+        with self.engine.connect() as conn:
+            at_row = queries.collection_at_or_before(conn, _epoch(t))
+            if at_row is None:
+                return format_records(b"", verbose)
+            rows = queries.history_rows(conn, queries.HistoryFilters(), at_row,
+                                        history=False).fetchall()
+            recs = _records(rows, at_row, _Lookups(conn))
         # The kernel lists states in insertion order, which is id order for
         # the ids one firewall hands out (pf_state_insert in sys/net/pf.c).
-        states = sorted(self.states(at=t), key=lambda s: (s.id, s.creatorid))
-        return format_records(b"".join([s.record for s in states]), verbose)
+        recs.sort(key=_ID_ORDER)
+        return format_records(b"".join(recs), verbose)
 
 
-_PEER_ORDER = ("pfss_flags", "pfss_ttl", "scrub_flag", "pfss_ts_mod", "seqlo", "seqhi",
-               "seqdiff", "max_win", "mss", "state", "wscale")
-# The row's columns in the record's field order (records.STATE); the ones
-# marked None are made in Python: creation and expire (relative to the
-# collection), and the 16-byte forms of the addresses and name.
-_PACK_ORDER = (
-    "state_id", "ifname",
-    "w_addr0", "w_addr1", "w_port0", "w_port1", "w_rdomain", "w_af",
-    "s_addr0", "s_addr1", "s_port0", "s_port1", "s_rdomain", "s_af",
-    *(f"src_{f}" for f in _PEER_ORDER), *(f"dst_{f}" for f in _PEER_ORDER),
-    "rt_bin", "rule", "anchor", "nat_rule", "v_created_at", "v_expires_at",
-    "v_packets0", "v_packets1", "v_bytes0", "v_bytes1", "creatorid", "rtableid0",
-    "rtableid1", "max_mss", "af", "proto", "direction", "log", "rt", "v_timeout",
-    "v_sync_flags", "v_updates", "min_ttl", "set_tos", "v_state_flags", "set_prio0",
-    "set_prio1")
-_ADDRS = [_PACK_ORDER.index(n) for n in ("w_addr0", "w_addr1", "s_addr0", "s_addr1", "rt_bin")]
-_CREATION, _EXPIRE = _PACK_ORDER.index("v_created_at"), _PACK_ORDER.index("v_expires_at")
-_INFO = ("ref_collection", "ref_at", "ended_before", "last_seen_at", "ended_before_at",
-         "first_seen_at", "v_created_at", "exact")
-_U64 = 1 << 64
+# The row's first columns are the record's (queries.RECORD_NAMES): packed
+# as they come, but for the interface name, the address ids and the times,
+# which Python turns into the bytes and relative times of the record.
+_RECORD = struct.Struct(queries.RECORD_FORMAT)
+assert _RECORD.size == records.RECORD_SIZE
+_FIELDS = len(queries.RECORD_NAMES)
+_IFNAME = queries.RECORD_NAMES.index("ifname")
+_ADDRS = tuple(queries.RECORD_NAMES.index(n)
+               for n in ("w_addr0", "w_addr1", "s_addr0", "s_addr1", "rt_addr"))
+_CREATION = queries.RECORD_NAMES.index("v_created_at")
+_EXPIRE = queries.RECORD_NAMES.index("v_expires_at")
+# The history columns that follow the record's.
+_REF_COLLECTION, _REF_AT = _FIELDS, _FIELDS + 1   # without at= only
+_NO_ADDR = bytes(16)
+_U32 = 0xFFFFFFFF
 
 
-def _rebuild(rows, latest):
+# A record's (id, creatorid), both big-endian: bytes order is numeric order.
+_ID_ORDER = itemgetter(slice(records.OFF_ID, records.OFF_ID + 8),
+                       slice(records.OFF_CREATORID, records.OFF_CREATORID + 4))
+
+
+class _Lookups:
+    """The 16-byte forms of addresses, the raw forms of interface names and
+    the datetimes of collections a query met, each looked up once."""
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.addresses = {None: _NO_ADDR}
+        self.ifnames = {}
+        self.times = {None: None}     # epoch: datetime
+        self.first_seen = {}          # collection id: datetime
+
+    def address_forms(self, columns):
+        """The 16-byte forms of the address ids in columns, looked up once."""
+        new = set().union(*columns).difference(self.addresses)
+        for id_, raw in queries.address_bins(self.conn, new).items():
+            self.addresses[id_] = bytes(raw).ljust(16, b"\0")
+        return [list(map(self.addresses.__getitem__, column)) for column in columns]
+
+    def ifname_forms(self, column):
+        for name in set(column).difference(self.ifnames):
+            self.ifnames[name] = ifname_raw(name)
+        return list(map(self.ifnames.__getitem__, column))
+
+    def first_seen_times(self, column):
+        for cid, at in queries.collection_times_of(
+                self.conn, set(column).difference(self.first_seen)).items():
+            self.first_seen[cid] = self.utc(at)
+        return list(map(self.first_seen.__getitem__, column))
+
+    def utc(self, epoch):
+        """A collection's time as a datetime (the same few, many times)."""
+        t = self.times.get(epoch)
+        if t is None and epoch is not None:
+            t = self.times[epoch] = _utc(epoch)
+        return t
+
+
+def _u32s(values):
+    """Ages and times left as the record's u32 (what the collector stored came
+    from one; a clock that went back could still push one out of range)."""
+    if values and (min(values) < 0 or max(values) > _U32):
+        return [0 if v < 0 else (_U32 if v > _U32 else v) for v in values]
+    return values
+
+
+def _records(rows, at_row, lookups):
+    """The 264-byte records pf_state_export() wrote, exported again from
+    history rows, column by column: creation and expire are relative to the
+    collection whose values a row carries (at_row's, else the row's own)."""
+    if not rows:
+        return []
+    columns = list(zip(*rows))
+    record = columns[:_FIELDS]
+    record[_IFNAME] = lookups.ifname_forms(record[_IFNAME])
+    for i, forms in zip(_ADDRS, lookups.address_forms([record[i] for i in _ADDRS])):
+        record[i] = forms
+    refs = repeat(at_row[1]) if at_row is not None else columns[_REF_AT]
+    record[_CREATION] = _u32s(list(map(sub, refs, record[_CREATION])))
+    record[_EXPIRE] = _u32s(list(map(sub, record[_EXPIRE], refs)))
+    return list(map(_RECORD.pack, *record))
+
+
+def _rebuild(rows, latest, at_row, lookups):
     """PFState objects from history rows: records exported again, decoded."""
     if not rows:
         return []
-    keys = list(rows[0]._fields)
-    pack_get = itemgetter(*[keys.index(n) for n in _PACK_ORDER])
-    info_get = itemgetter(*[keys.index(n) for n in _INFO])
-    pack = records.STATE.pack
-    padded = {None: bytes(16)}
-    names = {}
-    recs = []
+    recs = _records(rows, at_row, lookups)
+    # The history columns after the record's (queries.history_rows).
+    first = _FIELDS if at_row is not None else _REF_AT + 1
+    first_seen = lookups.first_seen_times([r[first] for r in rows])
+    utc = lookups.utc
+    latest_seen = utc(latest[1])
+    collection = None if at_row is None else (at_row[0], utc(at_row[1]))
     infos = []
-    for r in rows:
-        v = list(pack_get(r))
-        ref_id, ref_at, ended_before, last_at, ended_at, first_at, created_at, exact = info_get(r)
-        if v[0] < 0:
-            v[0] += _U64
-        name = names.get(v[1])
-        if name is None:
-            name = names[v[1]] = ifname_raw(v[1])
-        v[1] = name
-        for i in _ADDRS:
-            b = v[i]
-            p = padded.get(b)
-            if p is None:
-                p = padded[b] = bytes(b).ljust(16, b"\0")
-            v[i] = p
-        v[_CREATION] = _u32(ref_at - created_at)
-        v[_EXPIRE] = _u32(v[_EXPIRE] - ref_at)
-        recs.append(pack(*v))
+    for r, first_at in zip(rows, first_seen):
+        last_at, ended_at, exact = r[first + 1:first + 4]
+        if at_row is None:
+            collection = (r[_REF_COLLECTION], utc(r[_REF_AT]))
+        last_seen = utc(last_at)
         infos.append(HistoryInfo(
-            first_seen=_utc(first_at),
-            last_seen=_utc(last_at if last_at is not None else latest[1]),
-            created_at=_utc(created_at),
-            ended=None if ended_before is None else (_utc(last_at), _utc(ended_at)),
-            collection=(ref_id, _utc(ref_at)),
+            first_seen=first_at,
+            last_seen=latest_seen if last_seen is None else last_seen,
+            created_at=_utc(r[_CREATION]),
+            ended=None if ended_at is None else (last_seen, utc(ended_at)),
+            collection=collection,
             exact=bool(exact)))
-    columns = _native.decode(b"".join(recs))
-    return states_from_columns(columns, history=infos)
-
-
-def _u32(v):
-    return 0 if v < 0 else (0xFFFFFFFF if v > 0xFFFFFFFF else v)
+    return states_from_columns(_native.decode(b"".join(recs)), history=infos)

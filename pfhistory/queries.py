@@ -347,7 +347,97 @@ _ORDERS = {
     "id": "s.state_id, s.creatorid",
 }
 
-_PEER_SQL = ", ".join(f"ps.{f} AS src_{f}, pd.{f} AS dst_{f}" for f in PEER_FIELDS)
+def _word_sql(*fields, cast=True):
+    """SQL for fields ((expression, bits), ..., first the highest) as one
+    BIGINT: the big-endian bytes struct packs for a run of narrow record
+    fields. Each field is masked to its width, so negative ones (rtableid)
+    keep their two's complement bits; shifts and ORs of BIGINTs wrap alike in
+    SQLite and PostgreSQL. None is padding. cast=False leaves out the CASTs to
+    BIGINT, which only PostgreSQL's narrower integer columns need."""
+    parts, shift = [], sum(bits for _e, bits in fields)
+    for expr, bits in fields:
+        shift -= bits
+        if expr is not None:
+            field = f"({f'CAST({expr} AS BIGINT)' if cast else expr} & {(1 << bits) - 1})"
+            parts.append(f"({field} << {shift})" if shift else field)
+    return f"({' | '.join(parts)})"
+
+
+def _record_select(pick, peer, cast=True):
+    """[(name, struct format, SQL)] of the 264-byte record pf_state_export()
+    wrote (pfhistory.records.STATE), in its field order.
+
+    A field Python has to convert stays a column of its own (interface name,
+    address ids, created_at and expires_at, which become creation and expire);
+    runs of narrow fields come as one word each. A row is then 29 values
+    rather than 64, and fetching values is most of what rebuilding costs.
+    pick(column) and peer(side, column) are the SQL of a dynamic value.
+    """
+    def _word(*fields):
+        return _word_sql(*fields, cast=cast)
+
+    def key(k):
+        # port[2] (network order), rdomain, af, pad: struct pfsync_state_key
+        return _word((f"{k}.port0", 16), (f"{k}.port1", 16), (f"{k}.rdomain", 16),
+                     (f"{k}.af", 8), (None, 8))
+
+    def peer_words(side):
+        # struct pfsync_state_scrub, then the rest of struct pfsync_state_peer
+        def p(col):
+            return peer(side, col)
+        return [
+            (f"{side}_scrub", "q", _word((p("pfss_flags"), 16), (p("pfss_ttl"), 8),
+                                         (p("scrub_flag"), 8), (p("pfss_ts_mod"), 32))),
+            (f"{side}_seq", "q", _word((p("seqlo"), 32), (p("seqhi"), 32))),
+            (f"{side}_win", "q", _word((p("seqdiff"), 32), (p("max_win"), 16), (p("mss"), 16))),
+            (f"{side}_state", "q", _word((p("state"), 8), (p("wscale"), 8), (None, 48))),
+        ]
+
+    return [
+        ("state_id", "q", "s.state_id"),  # two's complement: the same 8 bytes
+        ("ifname", "16s", "s.ifname"),
+        ("w_addr0", "16s", "wk.addr0"), ("w_addr1", "16s", "wk.addr1"), ("w_key", "q", key("wk")),
+        ("s_addr0", "16s", "sk.addr0"), ("s_addr1", "16s", "sk.addr1"), ("s_key", "q", key("sk")),
+        *peer_words("src"), *peer_words("dst"),
+        ("rt_addr", "16s", "s.rt_addr"),
+        ("rule_anchor", "q", _word(("s.rule", 32), ("s.anchor", 32))),
+        ("nat_rule", "I", "s.nat_rule"),
+        ("v_created_at", "I", pick("created_at")),
+        ("v_expires_at", "I", pick("expires_at")),
+        ("v_packets0", "Q", pick("packets0")), ("v_packets1", "Q", pick("packets1")),
+        ("v_bytes0", "Q", pick("bytes0")), ("v_bytes1", "Q", pick("bytes1")),
+        ("creatorid_rtableid0", "q", _word(("s.creatorid", 32), ("s.rtableid0", 32))),
+        ("rtableid1_mss_af_proto", "q", _word(("s.rtableid1", 32), ("s.max_mss", 16),
+                                              ("s.af", 8), ("s.proto", 8))),
+        ("flags", "q", _word(("s.direction", 8), ("s.log", 8), ("s.rt", 8),
+                             (pick("timeout"), 8), (pick("sync_flags"), 8),
+                             (pick("updates"), 8), ("s.min_ttl", 8), ("s.set_tos", 8))),
+        ("state_flags_prio", "I", _word((pick("state_flags"), 16), ("s.set_prio0", 8),
+                                        ("s.set_prio1", 8))),
+    ]
+
+
+_LAYOUT = _record_select(lambda col: col, lambda side, col: col)
+# What history_rows() selects first, for struct: its names and format.
+RECORD_NAMES = tuple(name for name, _fmt, _sql in _LAYOUT)
+RECORD_FORMAT = ">" + "".join(fmt for _name, fmt, _sql in _LAYOUT)
+
+_PEER_ALIAS = {"src": "ps", "dst": "pd"}
+
+
+def _record_columns(conn, sampled):
+    """The SQL of the record's columns: current values, or with sampled those
+    of the sample x where one holds the collection (one CASE per column, so
+    a word is computed from one side only)."""
+    cast = conn.dialect.name != "sqlite"
+    current = _record_select(lambda col: f"s.{col}",
+                             lambda side, col: f"{_PEER_ALIAS[side]}.{col}", cast)
+    if not sampled:
+        return ", ".join(f"{sql} AS {name}" for name, _fmt, sql in current)
+    held = _record_select(lambda col: f"x.{col}", lambda side, col: f"x.{side}_{col}", cast)
+    return ", ".join(
+        f"{now if now == then else f'CASE WHEN x.state_pk IS NULL THEN {now} ELSE {then} END'}"
+        f" AS {name}" for (name, _fmt, now), (_n, _f, then) in zip(current, held))
 
 
 def _endpoint_filter(name, bounds, sides, params):
@@ -363,44 +453,56 @@ def _endpoint_filter(name, bounds, sides, params):
     return f"s.pk IN ({' UNION '.join(parts)})"
 
 
-def history_rows(conn, f, at_row):
+def history_rows(conn, f, at_row, history=True):
     """The rows History rebuilds PFState objects from, streamed.
+
+    Each row starts with the record's columns (RECORD_NAMES, packed by
+    RECORD_FORMAT once Python has converted the interface name, addresses
+    and times); with history, the history columns follow.
 
     With at_row = (collection id, time): the states alive in that collection
     (absences kept as samples with present = 0 excluded), each with the
     values in force then (the sample holding them, else the current ones;
     exact = 0 where retention dropped them). Without: last observed values.
+
+    Addresses come as addresses.id and the first collection as its id
+    (address_bins() and collection_times_of() resolve the few distinct
+    ones): a join per row for them cost more than the rest of the query.
     """
     latest = latest_collection(conn)
     params = {"latest_at": latest[1] if latest else 0}
     where = []
     if at_row is not None:
         params["c"], params["c_at"] = at_row
-        sample_join = (
-            "LEFT JOIN samples x ON x.state_pk = s.pk AND x.valid_until = "
-            "(SELECT min(y.valid_until) FROM samples y WHERE y.state_pk = s.pk "
-            "AND y.valid_until > :c)")
-        # ended_before_at (indexed) narrows the scan to states that were still
-        # open then; collection times never go back, so it implies nothing more.
-        where += ["(s.ended_before_at IS NULL OR s.ended_before_at >= :c_at)",
-                  "s.first_seen <= :c", "(s.ended_before IS NULL OR s.ended_before > :c)",
-                  "(x.present IS NULL OR x.present = 1 OR x.valid_from > :c)"]
-        use_x = "(x.valid_from IS NOT NULL AND x.valid_from <= :c)"
-        ref = ":c AS ref_collection, :c_at AS ref_at, "
-        exact = f"CASE WHEN {use_x} OR s.values_since <= :c THEN 1 ELSE 0 END AS exact"
-        pick = lambda col: f"CASE WHEN {use_x} THEN x.{col} ELSE s.{col} END"  # noqa: E731
-        peer_pick = ", ".join(
-            f"CASE WHEN {use_x} THEN x.{side}_{fld} ELSE {alias}.{fld} END AS {side}_{fld}"
-            for side, alias in (("src", "ps"), ("dst", "pd")) for fld in PEER_FIELDS)
+        # A state's samples cover disjoint runs of collections
+        # [valid_from, valid_until), so at most one holds collection c.
+        sample_join = ("LEFT JOIN samples x ON x.state_pk = s.pk "
+                       "AND x.valid_until > :c AND x.valid_from <= :c")
+        if _narrowed_by_keys(f):
+            # The key filter drives; ended_before_at only prunes.
+            where.append("(s.ended_before_at IS NULL OR s.ended_before_at >= :c_at)")
+        else:
+            # Collection times never go back: a state alive at c is open or
+            # ended at or after c_at. Both halves are ranges of the indexed
+            # ended_before_at, so the table is never scanned whole.
+            where.append("s.pk IN (SELECT pk FROM states WHERE ended_before_at IS NULL "
+                         "UNION ALL SELECT pk FROM states WHERE ended_before_at >= :c_at)")
+        where += ["s.first_seen <= :c", "(s.ended_before IS NULL OR s.ended_before > :c)",
+                  "(x.present IS NULL OR x.present = 1)"]
+        # Sample columns are NOT NULL: a NULL one means no sample holds c.
+        ref = ""
+        exact = "CASE WHEN x.state_pk IS NOT NULL OR s.values_since <= :c THEN 1 ELSE 0 END"
+        pick = lambda col: f"COALESCE(x.{col}, s.{col})"  # noqa: E731
     else:
         sample_join = ""
         ref = ("COALESCE(s.last_seen, (SELECT max(id) FROM collections)) AS ref_collection, "
                "COALESCE(s.last_seen_at, :latest_at) AS ref_at, ")
-        exact = "1 AS exact"
+        exact = "1"
         pick = lambda col: f"s.{col}"  # noqa: E731
-        peer_pick = _PEER_SQL
-    values = ", ".join(f"{pick(col)} AS v_{col}" for col in DYNAMIC_STATE_FIELDS)
-
+    columns = _record_columns(conn, sampled=at_row is not None)
+    if history:
+        columns += (f", {ref}s.first_seen, s.last_seen_at, s.ended_before_at, "
+                    f"{exact} AS exact")
     if f.since is not None:
         params["since"] = f.since
         where.append("(s.ended_before_at IS NULL OR s.ended_before_at > :since)")
@@ -452,23 +554,10 @@ def history_rows(conn, f, at_row):
     if order is None:
         raise ValueError(f"order must be one of {', '.join(_ORDERS)}")
     sql = (
-        f"SELECT s.pk, s.state_id, s.creatorid, s.ifname, s.rule, s.anchor, s.nat_rule, "
-        f"s.proto, s.direction, s.af, s.log, s.rt, s.rtableid0, s.rtableid1, s.max_mss, "
-        f"s.min_ttl, s.set_tos, s.set_prio0, s.set_prio1, s.values_since, "
-        f"s.first_seen, fc.collected_at AS first_seen_at, s.last_seen, s.last_seen_at, "
-        f"s.ended_before, "
-        f"s.ended_before_at, {values}, {ref}{exact}, "
-        f"wk.af AS w_af, wa0.bin AS w_addr0, wk.port0 AS w_port0, wa1.bin AS w_addr1, "
-        f"wk.port1 AS w_port1, wk.rdomain AS w_rdomain, "
-        f"sk.af AS s_af, sa0.bin AS s_addr0, sk.port0 AS s_port0, sa1.bin AS s_addr1, "
-        f"sk.port1 AS s_port1, sk.rdomain AS s_rdomain, rta.bin AS rt_bin, {peer_pick} "
+        f"SELECT {columns} "
         f"FROM states s "
-        f"JOIN collections fc ON fc.id = s.first_seen "
         f"JOIN state_keys wk ON wk.state_pk = s.pk AND wk.side = 0 "
         f"JOIN state_keys sk ON sk.state_pk = s.pk AND sk.side = 1 "
-        f"JOIN addresses wa0 ON wa0.id = wk.addr0 JOIN addresses wa1 ON wa1.id = wk.addr1 "
-        f"JOIN addresses sa0 ON sa0.id = sk.addr0 JOIN addresses sa1 ON sa1.id = sk.addr1 "
-        f"LEFT JOIN addresses rta ON rta.id = s.rt_addr "
         f"JOIN state_peers ps ON ps.state_pk = s.pk AND ps.side = 0 "
         f"JOIN state_peers pd ON pd.state_pk = s.pk AND pd.side = 1 "
         f"{sample_join} "
@@ -476,6 +565,33 @@ def history_rows(conn, f, at_row):
         + f"ORDER BY {order}"
         + (f" LIMIT {int(f.limit)}" if f.limit is not None else ""))
     return conn.execution_options(stream_results=True).execute(text(sql), params)
+
+
+def _narrowed_by_keys(f):
+    """Whether a filter looks states up by their keys (an index of state_keys)."""
+    return any(v is not None for v in (f.host, f.local, f.remote, f.port))
+
+
+_IN_CHUNK = 900  # ids per IN list: below any SQLite's limit on parameters (999 before 3.32)
+
+
+def _by_ids(conn, id_column, value_column, ids):
+    ids = sorted(ids)
+    found = {}
+    for i in range(0, len(ids), _IN_CHUNK):
+        found.update(conn.execute(select(id_column, value_column)
+                                  .where(id_column.in_(ids[i:i + _IN_CHUNK]))).all())
+    return found
+
+
+def address_bins(conn, ids):
+    """{addresses.id: binary form} of the given ids."""
+    return _by_ids(conn, Address.id, Address.bin, ids)
+
+
+def collection_times_of(conn, ids):
+    """{collections.id: collected_at} of the given ids."""
+    return _by_ids(conn, Collection.id, Collection.collected_at, ids)
 
 
 # -- summaries -------------------------------------------------------------------

@@ -1,15 +1,18 @@
 """Looking back: History rebuilds what pfctl showed, and every filter is right."""
 
 import csv
+import dataclasses
 import io
 import ipaddress
 import json
+import os
 import sqlite3
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from conftest import run_cli, simulated
+from golden_records import Key, Peer, build_state
 from pfhistory import pf
 from pfhistory.exceptions import PFError
 from pfhistory.history import History
@@ -56,6 +59,57 @@ def test_every_collection_is_rebuilt_exactly(series, history):
         # table_at: exactly pfctl -ss -vv of that snapshot (the simulator, like
         # the kernel, lists states in insertion = id order).
         assert history.table_at(when) == format_records(path.read_bytes(), 2)
+
+
+def _extreme_states(packets):
+    """Records with every field at the edges of its width (and of the sign
+    of the columns that store it), in id order as the kernel lists them."""
+    wide = Peer(seqlo=0xFFFFFFFF, seqhi=0xFFFFFFFF, seqdiff=0xFFFFFFFF, max_win=0xFFFF,
+                mss=0xFFFF, state=10, wscale=0x8E, pfss_flags=1, pfss_ttl=0xFF,
+                scrub_flag=0xFF, pfss_ts_mod=0xFFFFFFFF)
+    return [
+        build_state(wire=Key("0.0.0.0", 0, "0.0.0.0", 0), id=1, ifname=b"lo0", proto=17,
+                    rule=0, anchor=0, nat_rule=0, creatorid=0, rtableid=(0, 0),
+                    packets=(packets, 0)),
+        build_state(wire=Key("192.0.2.1", 32768, "10.0.0.1", 32767, rdomain=0x8000),
+                    id=1 << 63, ifname=b"em0", creatorid=0x80000000,
+                    rtableid=(-0x80000000, 0x7FFFFFFF), rt_addr="192.0.2.254",
+                    packets=(1 << 32, packets), bytes_=((1 << 63) - 1, packets)),
+        build_state(wire=Key("2001:db8::ffff", 0xFFFF, "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+                             0xFFFF, rdomain=0xFFFF),
+                    stack=Key("2001:db8::ffff", 0xFFFF, "fd00::1", 0xFFFE, rdomain=0xFFFF),
+                    id=(1 << 64) - 1, ifname=b"pppoe65535abcdef", src=wide,
+                    dst=dataclasses.replace(wide, seqlo=packets),
+                    rt_addr="fe80::ffff", rule=0xFFFFFFFE, anchor=0xFFFFFFFE,
+                    creation=0xFFFFFF, expire=0xFFFFFFFF, creatorid=0xFFFFFFFF,
+                    rtableid=(-1, -1), max_mss=0xFFFF, direction=pf.PF_IN, log=0xFF, rt=3,
+                    timeout=0xFF, sync_flags=0xFF, updates=0xFF, min_ttl=0xFF, set_tos=0xFF,
+                    state_flags=0xFFFF, set_prio=(0xFF, 0xFF), packets=(packets, packets),
+                    bytes_=(packets, (1 << 63) - 1)),
+    ]
+
+
+def test_fields_at_their_extremes_come_back_byte_for_byte(tmp_path):
+    t0 = 1_795_000_000
+    snapshots = []
+    for k, packets in enumerate((5, 6)):
+        path = tmp_path / f"{k}.pf"
+        path.write_bytes(b"".join(_extreme_states(packets)))
+        os.utime(path, (t0 + 60 * k, t0 + 60 * k))
+        snapshots.append((datetime.fromtimestamp(t0 + 60 * k, timezone.utc), path))
+    db = tmp_path / "h.db"
+    result = run_cli("collect", "--db", db, "--from-file", *[p for _t, p in snapshots])
+    assert result.returncode == 0, result.stderr
+    with History(str(db)) as h:
+        for when, path in snapshots:
+            data = path.read_bytes()
+            rebuilt = list(h.states(at=when))
+            assert sorted(s.record for s in rebuilt) == sorted(
+                data[i:i + 264] for i in range(0, len(data), 264))
+            assert all(s.history.exact for s in rebuilt)
+            assert h.table_at(when) == format_records(data, 2)
+        assert sorted(s.record for s in h.states()) == sorted(
+            data[i:i + 264] for i in range(0, len(data), 264))
 
 
 def test_at_between_collections_uses_the_one_before(series, history):
