@@ -13,8 +13,8 @@ history only moves forward.
 import socket
 import time
 from collections import Counter
-from itertools import repeat
-from operator import itemgetter
+from itertools import chain, repeat
+from operator import eq, itemgetter
 from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError
@@ -205,33 +205,29 @@ class _Recorder:
         rt_addr = [ids[ref] if r else None for ref, r in zip(col("rt_addr_ref"), rt)]
         packets0, packets1 = _clamped(col("packets0")), _clamped(col("packets1"))
         bytes0, bytes1 = _clamped(col("bytes0")), _clamped(col("bytes1"))
-        cids = repeat(cid, n)
-        nulls = repeat(None, n)
         queries.insert_states(self.conn, list(zip(
             pks, col("creatorid"), pick(sids), [names[r] for r in col("ifname_ref")],
             col("rule"), col("anchor"), col("nat_rule"), col("proto"), col("direction"),
             col("af"), col("log"), rt, rt_addr, col("rtableid0"), col("rtableid1"),
             col("max_mss"), col("min_ttl"), col("set_tos"), col("set_prio0"), col("set_prio1"),
             pick(created), pick(expires), packets0, packets1, bytes0, bytes1, col("timeout"),
-            col("sync_flags"), col("updates"), col("state_flags"), col("dyn_hash"), cids,
-            repeat(cid, n), nulls, repeat(None, n), repeat(None, n), repeat(None, n))))
-        keys = {}
+            col("sync_flags"), col("updates"), col("state_flags"), col("dyn_hash"),
+            repeat(cid, n), repeat(cid, n))))
+        key_cols = {}
         for side in ("wire", "stack"):
-            keys[side] = list(zip(
-                col(side + "_af"), [ids[r] for r in col(side + "_addr0_ref")],
-                col(side + "_port0"), [ids[r] for r in col(side + "_addr1_ref")],
-                col(side + "_port1"), col(side + "_rdomain")))
-        mirror = [int(w == s) for w, s in zip(keys["wire"], keys["stack"])]
-        key_rows = [(pk, 0, *k, m) for pk, k, m in zip(pks, keys["wire"], mirror)]
-        key_rows += [(pk, 1, *k, 0) for pk, k in zip(pks, keys["stack"])]
-        key_rows.sort()
-        queries.insert_keys(self.conn, key_rows)
-        peer_rows = []
-        for side_no, side in enumerate(("src", "dst")):
-            peer_rows.extend(zip(pks, repeat(side_no, n),
-                                 *(col(f"{side}_{f}") for f in PEER_FIELDS)))
-        peer_rows.sort()
-        queries.insert_peers(self.conn, peer_rows)
+            key_cols[side] = (
+                col(side + "_af"), list(map(ids.__getitem__, col(side + "_addr0_ref"))),
+                col(side + "_port0"), list(map(ids.__getitem__, col(side + "_addr1_ref"))),
+                col(side + "_port1"), col(side + "_rdomain"))
+        mirror = list(map(int, map(eq, zip(*key_cols["wire"]), zip(*key_cols["stack"]))))
+        # Rows in (state_pk, side) order, the primary key's: appended, never
+        # inserted in the middle.
+        queries.insert_keys(self.conn, list(chain.from_iterable(zip(
+            zip(pks, repeat(0, n), *key_cols["wire"], mirror),
+            zip(pks, repeat(1, n), *key_cols["stack"], repeat(0, n))))))
+        queries.insert_peers(self.conn, list(chain.from_iterable(zip(
+            zip(pks, repeat(0, n), *(col(f"src_{f}") for f in PEER_FIELDS)),
+            zip(pks, repeat(1, n), *(col(f"dst_{f}") for f in PEER_FIELDS))))))
         self.new_packets += sum(packets0) + sum(packets1)
         self.new_bytes += sum(bytes0) + sum(bytes1)
         self.inserted += n
@@ -244,9 +240,11 @@ class _Recorder:
                   col("timeout"), col("sync_flags"), col("updates"), col("state_flags"),
                   *(col(f"src_{f}") for f in PEER_FIELDS),
                   *(col(f"dst_{f}") for f in PEER_FIELDS)]
-        index = [i for i, _pk in changed]
-        rows = list(zip([pk for _i, pk in changed],
-                        *(list(map(f.__getitem__, index)) for f in fields)))
+        changed.sort()  # reopened states come last; rows follow the chunk
+        if len(changed) < c.n:
+            index = [i for i, _pk in changed]
+            fields = [list(map(f.__getitem__, index)) for f in fields]
+        rows = list(zip([pk for _i, pk in changed], *fields))
         queries.stage(self.conn, rows, first=not self.staged_any)
         self.staged_any = True
 

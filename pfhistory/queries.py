@@ -23,7 +23,7 @@ from pfhistory.models import (
 )
 
 __all__ = [
-    "STATE_COLUMNS", "KEY_COLUMNS", "PEER_COLUMNS", "STAGED_COLUMNS",
+    "STATE_COLUMNS", "NEW_STATE_COLUMNS", "KEY_COLUMNS", "PEER_COLUMNS", "STAGED_COLUMNS",
     "latest_collection", "next_ids", "insert_collection", "finish_collection",
     "open_states", "any_closed_state", "closed_states_by_key", "address_ids", "insert_addresses",
     "insert_states", "insert_keys", "insert_peers", "drop_load_indexes",
@@ -34,6 +34,8 @@ __all__ = [
 
 # Column orders of the rows the collector builds.
 STATE_COLUMNS = tuple(c.name for c in State.__table__.columns)
+# A new state's row: everything up to first_seen (the rest is NULL: open).
+NEW_STATE_COLUMNS = STATE_COLUMNS[:STATE_COLUMNS.index("first_seen") + 1]
 KEY_COLUMNS = tuple(c.name for c in StateKey.__table__.columns)
 PEER_COLUMNS = tuple(c.name for c in StatePeer.__table__.columns)
 # A staged change: the state's pk, its new dynamic values, both new peers.
@@ -156,7 +158,8 @@ def insert_addresses(conn, rows):
 
 
 def insert_states(conn, rows):
-    _executemany(conn, _insert_sql("states", STATE_COLUMNS), rows)
+    """rows: NEW_STATE_COLUMNS; the end columns are NULL while a state is open."""
+    _executemany(conn, _insert_sql("states", NEW_STATE_COLUMNS), rows)
 
 
 def insert_keys(conn, rows):
