@@ -97,7 +97,7 @@ class _Recorder:
         self.addr_ids = {}                    # (af, bin) -> id, for this run
         rows = queries.open_states(conn)
         # (creatorid, state_id) -> (creatorid, state_id, pk, dyn_hash, created_at,
-        # expires_at), built at C speed: a million open states, every minute.
+        # expires_at, peer_hash), built at C speed: a million open states, every minute.
         self.open = dict(zip(map(_KEY, rows), rows))
         del rows
         self.any_closed = queries.any_closed_state(conn)
@@ -120,14 +120,17 @@ class _Recorder:
         created = [t - x for x in c["creation"]]
         expires = [t + x for x in c["expire"]]
         self.creatorids.update(cids)
-        changed, unknown = [], []
+        changed, peers_changed, unknown = [], [], []
         if self.open:
             recs = list(map(self.open.pop, zip(cids, sids), repeat(None)))
-            for i, (rec, now) in enumerate(zip(recs, zip(dyns, created, expires))):
+            for i, (rec, now, peer_hash) in enumerate(zip(
+                    recs, zip(dyns, created, expires), c["peer_hash"])):
                 if rec is None:
                     unknown.append(i)
-                elif rec[3:] != now:
+                elif rec[3:6] != now:
                     changed.append((i, rec[2]))
+                    if rec[6] != peer_hash:
+                        peers_changed.append((i, rec[2]))
             del recs
         else:
             unknown = list(range(n))
@@ -145,13 +148,14 @@ class _Recorder:
                 pk, _dyn, _cat, _eat, last_seen = rec
                 reopen.append((pk, last_seen, None))
                 changed.append((i, pk))
+                peers_changed.append((i, pk))
         if reopen:
             queries.reopen_states(self.conn, [(pk, ls, None) for pk, ls, _ in reopen], self.c)
             self.reopened += len(reopen)
         if new:
             self._insert(c, new, sids, created, expires)
         if changed:
-            self._stage(c, changed, created, expires)
+            self._stage(c, changed, peers_changed, created, expires)
             self.updated += len(changed) - len(reopen)
 
     def _addresses(self, c, new):
@@ -212,7 +216,7 @@ class _Recorder:
             col("max_mss"), col("min_ttl"), col("set_tos"), col("set_prio0"), col("set_prio1"),
             pick(created), pick(expires), packets0, packets1, bytes0, bytes1, col("timeout"),
             col("sync_flags"), col("updates"), col("state_flags"), col("dyn_hash"),
-            repeat(cid, n), repeat(cid, n))))
+            col("peer_hash"), repeat(cid, n), repeat(cid, n))))
         key_cols = {}
         for side in ("wire", "stack"):
             key_cols[side] = (
@@ -232,20 +236,16 @@ class _Recorder:
         self.new_bytes += sum(bytes0) + sum(bytes1)
         self.inserted += n
 
-    def _stage(self, c, changed, created, expires):
+    def _stage(self, c, changed, peers_changed, created, expires):
         col = c.__getitem__
-        fields = [col("dyn_hash"), created, expires,
-                  _clamped(col("packets0")), _clamped(col("packets1")),
-                  _clamped(col("bytes0")), _clamped(col("bytes1")),
-                  col("timeout"), col("sync_flags"), col("updates"), col("state_flags"),
-                  *(col(f"src_{f}") for f in PEER_FIELDS),
-                  *(col(f"dst_{f}") for f in PEER_FIELDS)]
-        changed.sort()  # reopened states come last; rows follow the chunk
-        if len(changed) < c.n:
-            index = [i for i, _pk in changed]
-            fields = [list(map(f.__getitem__, index)) for f in fields]
-        rows = list(zip([pk for _i, pk in changed], *fields))
-        queries.stage(self.conn, rows, first=not self.staged_any)
+        rows = _rows(c.n, changed, [
+            col("dyn_hash"), col("peer_hash"), created, expires,
+            _clamped(col("packets0")), _clamped(col("packets1")),
+            _clamped(col("bytes0")), _clamped(col("bytes1")),
+            col("timeout"), col("sync_flags"), col("updates"), col("state_flags")])
+        peer_rows = _rows(c.n, peers_changed, [
+            *(col(f"src_{f}") for f in PEER_FIELDS), *(col(f"dst_{f}") for f in PEER_FIELDS)])
+        queries.stage(self.conn, rows, peer_rows, first=not self.staged_any)
         self.staged_any = True
 
     # -- at the end --------------------------------------------------------------
@@ -268,6 +268,16 @@ class _Recorder:
             "samples": samples,
             "creatorid": self.creatorids.most_common(1)[0][0] if self.creatorids else None,
         }
+
+
+def _rows(n, chosen, fields):
+    """Rows (pk, *values) of the chosen (index, pk) of a chunk of n records,
+    in the chunk's order; a chunk whose every record is chosen is taken as is."""
+    chosen.sort()  # reopened states come last
+    if len(chosen) < n:
+        index = [i for i, _pk in chosen]
+        fields = [list(map(f.__getitem__, index)) for f in fields]
+    return list(zip([pk for _i, pk in chosen], *fields))
 
 
 def _ifnames(c):

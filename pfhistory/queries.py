@@ -24,6 +24,7 @@ from pfhistory.models import (
 
 __all__ = [
     "STATE_COLUMNS", "NEW_STATE_COLUMNS", "KEY_COLUMNS", "PEER_COLUMNS", "STAGED_COLUMNS",
+    "STAGED_PEER_COLUMNS",
     "latest_collection", "next_ids", "insert_collection", "finish_collection",
     "open_states", "any_closed_state", "closed_states_by_key", "address_ids", "insert_addresses",
     "insert_states", "insert_keys", "insert_peers", "drop_load_indexes",
@@ -39,8 +40,10 @@ NEW_STATE_COLUMNS = STATE_COLUMNS[:STATE_COLUMNS.index("first_seen") + 1]
 KEY_COLUMNS = tuple(c.name for c in StateKey.__table__.columns)
 PEER_COLUMNS = tuple(c.name for c in StatePeer.__table__.columns)
 # A staged change: the state's pk, its new dynamic values, both new peers.
-STAGED_COLUMNS = ("pk", "dyn_hash", *DYNAMIC_STATE_FIELDS,
-                  *(f"src_{f}" for f in PEER_FIELDS), *(f"dst_{f}" for f in PEER_FIELDS))
+STAGED_COLUMNS = ("pk", "dyn_hash", "peer_hash", *DYNAMIC_STATE_FIELDS)
+# Staged new peers (only of states whose peers changed): the pk, src, dst.
+STAGED_PEER_COLUMNS = ("pk", *(f"src_{f}" for f in PEER_FIELDS),
+                       *(f"dst_{f}" for f in PEER_FIELDS))
 
 
 def _ph(conn):
@@ -104,12 +107,12 @@ def counts(conn):
 # -- looking states up -----------------------------------------------------------
 
 def open_states(conn):
-    """(creatorid, state_id, pk, dyn_hash, created_at, expires_at) tuples of open
-    states (a million rows every collection: plain DBAPI tuples, no Row objects)."""
+    """(creatorid, state_id, pk, dyn_hash, created_at, expires_at, peer_hash) tuples
+    of open states (a million rows every collection: plain DBAPI tuples)."""
     cursor = conn.connection.cursor()
     try:
-        cursor.execute("SELECT creatorid, state_id, pk, dyn_hash, created_at, expires_at "
-                       "FROM states WHERE ended_before IS NULL")
+        cursor.execute("SELECT creatorid, state_id, pk, dyn_hash, created_at, expires_at, "
+                       "peer_hash FROM states WHERE ended_before IS NULL")
         return cursor.fetchall()
     finally:
         cursor.close()
@@ -191,12 +194,15 @@ def create_load_indexes(conn):
         index.create(conn)
 
 
-def stage(conn, rows, first=False):
-    """Stage new values of states that changed (STAGED_COLUMNS order)."""
+def stage(conn, rows, peer_rows, first=False):
+    """Stage new values of states that changed (STAGED_COLUMNS order) and new
+    peers of those whose peers changed (STAGED_PEER_COLUMNS order)."""
     if first:
-        cols = ", ".join(f"{c} BIGINT" for c in STAGED_COLUMNS)
-        _temp_table(conn, "pfh_incoming", cols)
+        for name, columns in (("pfh_incoming", STAGED_COLUMNS),
+                              ("pfh_peers", STAGED_PEER_COLUMNS)):
+            _temp_table(conn, name, ", ".join(f"{c} BIGINT" for c in columns))
     _executemany(conn, _insert_sql("pfh_incoming", STAGED_COLUMNS), rows)
+    _executemany(conn, _insert_sql("pfh_peers", STAGED_PEER_COLUMNS), peer_rows)
 
 
 def apply_staged(conn, collection_id):
@@ -227,18 +233,18 @@ def apply_staged(conn, collection_id):
         f"JOIN state_peers ps ON ps.state_pk = s.pk AND ps.side = 0 "
         f"JOIN state_peers pd ON pd.state_pk = s.pk AND pd.side = 1 "
         f"WHERE s.values_since < {ph}", (collection_id, collection_id)).rowcount
-    sets = ", ".join(f"{f} = i.{f}" for f in ("dyn_hash", *DYNAMIC_STATE_FIELDS))
+    sets = ", ".join(f"{f} = i.{f}" for f in ("dyn_hash", "peer_hash", *DYNAMIC_STATE_FIELDS))
     conn.exec_driver_sql(
         f"UPDATE states SET {sets}, values_since = {ph} "
         f"FROM pfh_incoming i WHERE states.pk = i.pk", (collection_id,))
     for side, prefix in ((0, "src_"), (1, "dst_")):
-        # Most peers do not change between collections (only counters and
-        # expiry do): rows whose values are the same are left unwritten.
+        # Only peers whose hash changed are staged; of those (and of rows
+        # older than peer_hash) rows whose values are the same stay unwritten.
         peer_sets = ", ".join(f"{f} = i.{prefix}{f}" for f in PEER_FIELDS)
         old = ", ".join(f"state_peers.{f}" for f in PEER_FIELDS)
         new = ", ".join(f"i.{prefix}{f}" for f in PEER_FIELDS)
         conn.exec_driver_sql(
-            f"UPDATE state_peers SET {peer_sets} FROM pfh_incoming i "
+            f"UPDATE state_peers SET {peer_sets} FROM pfh_peers i "
             f"WHERE state_peers.state_pk = i.pk AND state_peers.side = {side} "
             f"AND ({old}) <> ({new})")
     return int(moved[0]), int(moved[1]), max(written, 0)
