@@ -13,8 +13,8 @@ history only moves forward.
 import socket
 import time
 from collections import Counter
-from itertools import chain, repeat
-from operator import eq, itemgetter
+from itertools import chain, compress, repeat
+from operator import eq, is_not, itemgetter, ne, not_
 from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError
@@ -32,7 +32,11 @@ __all__ = ["CollectionResult", "Snapshot", "record_snapshot", "DEFAULT_SAMPLE_RE
 DEFAULT_SAMPLE_RETENTION = 24 * 3600
 _U63 = (1 << 63) - 1
 _U64 = 1 << 64
+# Fields of an open state's row (queries.open_states).
 _KEY = itemgetter(0, 1)
+_PK = itemgetter(2)
+_VALUES = itemgetter(3, 4, 5)      # dyn_hash, created_at, expires_at
+_PEER_HASH = itemgetter(6)
 # Samples deleted per statement while expiring, so the write lock is short.
 _EXPIRE_BATCH = 20000
 
@@ -120,18 +124,23 @@ class _Recorder:
         created = [t - x for x in c["creation"]]
         expires = [t + x for x in c["expire"]]
         self.creatorids.update(cids)
-        changed, peers_changed, unknown = [], [], []
+        # Which records are open states whose values (or also peers) changed,
+        # and which are unknown: map/compress, no Python loop per state.
+        changed = peers_changed = ([], [])       # (indexes in the chunk, pks)
         if self.open:
             recs = list(map(self.open.pop, zip(cids, sids), repeat(None)))
-            for i, (rec, now, peer_hash) in enumerate(zip(
-                    recs, zip(dyns, created, expires), c["peer_hash"])):
-                if rec is None:
-                    unknown.append(i)
-                elif rec[3:6] != now:
-                    changed.append((i, rec[2]))
-                    if rec[6] != peer_hash:
-                        peers_changed.append((i, rec[2]))
+            seen = list(map(is_not, recs, repeat(None)))
+            unknown = list(compress(range(n), map(not_, seen)))
+            known = list(compress(range(n), seen))
+            old = list(compress(recs, seen))
             del recs
+            diff = list(map(ne, map(_VALUES, old), compress(zip(dyns, created, expires), seen)))
+            index = list(compress(known, diff))
+            old = list(compress(old, diff))
+            changed = (index, list(map(_PK, old)))
+            diff = list(map(ne, map(_PEER_HASH, old), map(c["peer_hash"].__getitem__, index)))
+            peers_changed = (list(compress(index, diff)), list(compress(changed[1], diff)))
+            del old, diff
         else:
             unknown = list(range(n))
         # States absent from this chunk's lookup may be closed ones coming back.
@@ -140,6 +149,7 @@ class _Recorder:
             back = queries.closed_states_by_key(self.conn, [(cids[i], sids[i]) for i in unknown])
         new = []
         reopen = []
+        reopen_index = []
         for i in unknown:
             rec = back.get((cids[i], sids[i]))
             if rec is None:
@@ -147,16 +157,18 @@ class _Recorder:
             else:
                 pk, _dyn, _cat, _eat, last_seen = rec
                 reopen.append((pk, last_seen, None))
-                changed.append((i, pk))
-                peers_changed.append((i, pk))
+                reopen_index.append(i)
         if reopen:
-            queries.reopen_states(self.conn, [(pk, ls, None) for pk, ls, _ in reopen], self.c)
+            queries.reopen_states(self.conn, reopen, self.c)
             self.reopened += len(reopen)
+            # Values and peers both staged: the row holds those of its last sighting.
+            reopened = (reopen_index, [pk for pk, _ls, _e in reopen])
+            self._stage(c, reopened, reopened, created, expires)
         if new:
             self._insert(c, new, sids, created, expires)
-        if changed:
+        if changed[0]:
             self._stage(c, changed, peers_changed, created, expires)
-            self.updated += len(changed) - len(reopen)
+            self.updated += len(changed[0])
 
     def _addresses(self, c, new):
         """addresses.id for every (af, address) the new states use."""
@@ -271,13 +283,12 @@ class _Recorder:
 
 
 def _rows(n, chosen, fields):
-    """Rows (pk, *values) of the chosen (index, pk) of a chunk of n records,
-    in the chunk's order; a chunk whose every record is chosen is taken as is."""
-    chosen.sort()  # reopened states come last
-    if len(chosen) < n:
-        index = [i for i, _pk in chosen]
+    """Rows (pk, *values) of chosen = (ascending indexes in a chunk of n
+    records, their pks); a chunk whose every record is chosen is taken as is."""
+    index, pks = chosen
+    if len(index) < n:
         fields = [list(map(f.__getitem__, index)) for f in fields]
-    return list(zip([pk for _i, pk in chosen], *fields))
+    return list(zip(pks, *fields))
 
 
 def _ifnames(c):
