@@ -6,9 +6,11 @@ For each size: a simulated snapshot (the first collection), then a steady-state
 snapshot made from it: 5% of states gone, 5% new, every other state with
 grown counters and a new expiry, a third of them with changed TCP peers.
 Each collection runs in a fresh subprocess (`pfhistory collect`), so peak
-memory (ru_maxrss) is that collection's. The baseline records the same rows
-into the same tables with the sqlite3 module's executemany, no SQLAlchemy,
-in the same run, on the same files.
+memory (VmHWM) is that collection's, and its CPU seconds are printed beside
+the wall-clock ones (on a shared machine the difference is mostly time other
+processes held the CPU). The baseline records the same rows into the same
+tables with the sqlite3 module's executemany, no SQLAlchemy, in the same
+run, on the same files.
 """
 
 import argparse
