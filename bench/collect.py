@@ -6,9 +6,11 @@ For each size: a simulated snapshot (the first collection), then a steady-state
 snapshot made from it: 5% of states gone, 5% new, every other state with
 grown counters and a new expiry, a third of them with changed TCP peers.
 Each collection runs in a fresh subprocess (`pfhistory collect`), so peak
-memory (ru_maxrss) is that collection's. The baseline records the same rows
-into the same tables with the sqlite3 module's executemany, no SQLAlchemy,
-in the same run, on the same files.
+memory (VmHWM) is that collection's, and its CPU seconds are printed beside
+the wall-clock ones (on a shared machine the difference is mostly time other
+processes held the CPU). The baseline records the same rows into the same
+tables with the sqlite3 module's executemany, no SQLAlchemy, in the same
+run, on the same files.
 """
 
 import argparse
@@ -66,17 +68,18 @@ def make_steady(first, out, seed=1):
 
 
 def run_collect(db, snapshot):
-    """`pfhistory collect` in a subprocess; seconds and peak RSS (bytes)."""
+    """`pfhistory collect` in a subprocess; seconds, CPU seconds and peak RSS (bytes)."""
     code = ("import sys, time; sys.path.insert(0, sys.argv[3]); from decode import peak_rss_kb; "
-            "from pfhistory.cli import main; t = time.perf_counter(); "
+            "from pfhistory.cli import main; t = time.perf_counter(); c = time.process_time(); "
             "rc = main(['collect', '--db', sys.argv[1], '--from-file', sys.argv[2]]); "
-            "print(time.perf_counter() - t, peak_rss_kb()); sys.exit(rc)")
+            "print(time.perf_counter() - t, time.process_time() - c, peak_rss_kb()); "
+            "sys.exit(rc)")
     out = subprocess.run([sys.executable, "-c", code, str(db), str(snapshot),
                           str(Path(__file__).resolve().parent)], capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(out.stderr)
-    seconds, rss = out.stdout.split()
-    return float(seconds), int(rss) * 1024
+    seconds, cpu, rss = out.stdout.split()
+    return float(seconds), float(cpu), int(rss) * 1024
 
 
 def run_baseline(db, snapshot, collection_id):
@@ -85,8 +88,8 @@ def run_baseline(db, snapshot, collection_id):
                           str(collection_id)], capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(out.stderr)
-    seconds, rss = out.stdout.split()
-    return float(seconds), int(rss) * 1024
+    seconds, cpu, rss = out.stdout.split()
+    return float(seconds), float(cpu), int(rss) * 1024
 
 
 def baseline(db, snapshot, collection_id):
@@ -99,6 +102,7 @@ def baseline(db, snapshot, collection_id):
     from pfhistory.pf import ifname_text
 
     started = time.perf_counter()
+    cpu_started = time.process_time()
     t = int(os.stat(snapshot).st_mtime)
     con = sqlite3.connect(db, isolation_level=None)
     con.execute("PRAGMA synchronous = FULL")
@@ -117,8 +121,8 @@ def baseline(db, snapshot, collection_id):
         created = [t - x for x in c["creation"]]
         expires = [t + x for x in c["expire"]]
         cols = {name: c[name] for name in (
-            "creatorid", "id", "dyn_hash", "rule", "anchor", "nat_rule", "proto", "direction",
-            "af", "log", "rt", "rtableid0", "rtableid1", "max_mss", "min_ttl", "set_tos",
+            "creatorid", "id", "dyn_hash", "peer_hash", "rule", "anchor", "nat_rule", "proto",
+            "direction", "af", "log", "rt", "rtableid0", "rtableid1", "max_mss", "min_ttl", "set_tos",
             "set_prio0", "set_prio1", "packets0", "packets1", "bytes0", "bytes1", "timeout",
             "sync_flags", "updates", "state_flags", "ifname_ref", *peer_names,
             *(f"{s}_{f}" for s in ("wire", "stack") for f in
@@ -133,7 +137,7 @@ def baseline(db, snapshot, collection_id):
                    cols["state_flags"][i])
             if rec is not None:
                 if rec[1:] != dyn[:3]:
-                    changed.append((*dyn, collection_id, rec[0]))
+                    changed.append((*dyn, cols["peer_hash"][i], collection_id, rec[0]))
                     samples.append((rec[0], collection_id))
                     for side, prefix in ((0, "src_"), (1, "dst_")):
                         peers.append(("update", tuple(cols[prefix + f][i] for f in PEER_FIELDS)
@@ -159,7 +163,7 @@ def baseline(db, snapshot, collection_id):
                                                       "min_ttl", "set_tos", "set_prio0",
                                                       "set_prio1")),
                                created[i], expires[i], *dyn[3:], dyn[0], collection_id,
-                               collection_id, None, None, None, None))
+                               collection_id, None, None, None, None, cols["peer_hash"][i]))
             both = [(cols[f"{side}_af"][i], ids[2 * side_no], cols[f"{side}_port0"][i],
                      ids[2 * side_no + 1], cols[f"{side}_port1"][i], cols[f"{side}_rdomain"][i])
                     for side_no, side in enumerate(("wire", "stack"))]
@@ -169,7 +173,7 @@ def baseline(db, snapshot, collection_id):
                 peers.append(("insert", (pk, side_no,
                                          *(cols[prefix + f][i] for f in PEER_FIELDS))))
         con.executemany(f"INSERT INTO addresses VALUES (?, ?, ?, ?)", addresses)
-        con.executemany(f"INSERT INTO states VALUES ({', '.join('?' * 37)})", new_states)
+        con.executemany(f"INSERT INTO states VALUES ({', '.join('?' * 38)})", new_states)
         con.executemany("INSERT INTO state_keys VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", keys)
         con.executemany(f"INSERT INTO state_peers VALUES ({', '.join('?' * 13)})",
                         [p for kind, p in peers if kind == "insert"])
@@ -185,7 +189,7 @@ def baseline(db, snapshot, collection_id):
         con.executemany(
             "UPDATE states SET dyn_hash = ?, created_at = ?, expires_at = ?, packets0 = ?, "
             "packets1 = ?, bytes0 = ?, bytes1 = ?, timeout = ?, sync_flags = ?, updates = ?, "
-            "state_flags = ?, values_since = ? WHERE pk = ?", changed)
+            "state_flags = ?, peer_hash = ?, values_since = ? WHERE pk = ?", changed)
         con.executemany(
             "UPDATE state_peers SET " + ", ".join(f"{f} = ?" for f in PEER_FIELDS)
             + " WHERE state_pk = ? AND side = ?", [p for kind, p in peers if kind == "update"])
@@ -196,7 +200,7 @@ def baseline(db, snapshot, collection_id):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from decode import peak_rss_kb
 
-    print(time.perf_counter() - started, peak_rss_kb())
+    print(time.perf_counter() - started, time.process_time() - cpu_started, peak_rss_kb())
 
 
 def db_size(db):
@@ -250,27 +254,31 @@ def bench(states, work):
         checkpoint(db)
         empty = db_size(db)
         if runner is None:
-            s1, m1 = run_collect(db, first)
+            s1, c1, m1 = run_collect(db, first)
         else:
-            s1, m1 = runner(db, first, 1)
+            s1, c1, m1 = runner(db, first, 1)
         checkpoint(db)
         after_first = db_size(db)
         samples_before = table_bytes(db, "samples") or 0
         if runner is None:
-            s2, m2 = run_collect(db, steady)
+            s2, c2, m2 = run_collect(db, steady)
         else:
-            s2, m2 = runner(db, steady, 2)
+            s2, c2, m2 = runner(db, steady, 2)
         checkpoint(db)
         samples_after = table_bytes(db, "samples")
         results[label] = {
-            "first_s": s1, "first_rss": m1, "steady_s": s2, "steady_rss": m2,
+            "first_s": s1, "first_cpu": c1, "first_rss": m1,
+            "steady_s": s2, "steady_cpu": c2, "steady_rss": m2,
             "bytes_per_state": (after_first - empty) / n_first,
             "sample_bytes": None if samples_after is None else samples_after - samples_before,
         }
     p, b = results["pfhistory"], results["baseline"]
     print(f"\n== {states:,} states (first collection {n_first:,} states, steady {n_steady:,}) ==")
     print(f"{'':28}{'pfhistory':>14}{'baseline':>14}{'ratio':>8}")
-    for name, key in (("first collection, s", "first_s"), ("steady collection, s", "steady_s")):
+    # CPU seconds of the collecting process: on a shared machine, wall time
+    # also counts the time other processes held the CPU.
+    for name, key in (("first collection, s", "first_s"), ("steady collection, s", "steady_s"),
+                      ("first, CPU s", "first_cpu"), ("steady, CPU s", "steady_cpu")):
         print(f"{name:28}{p[key]:>14.2f}{b[key]:>14.2f}{p[key] / b[key]:>8.2f}")
     for name, key, n in (("first, states/s", "first_s", n_first),
                          ("steady, states/s", "steady_s", n_steady)):

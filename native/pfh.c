@@ -202,6 +202,18 @@ dyn_hash(const uint8_t *r)
 	return (int64_t)h;
 }
 
+/* PFH_NUM_PEER_HASH: both peers, read as big-endian words. */
+static int64_t
+peer_hash(const uint8_t *r)
+{
+	uint64_t h = 0x13198a2e03707344ULL;
+	size_t off;
+
+	for (off = 0; off < 2 * sizeof(struct pfh_state_peer); off += 8)
+		h = mix(h, be64(AT(r, src) + off));
+	return (int64_t)h;
+}
+
 size_t
 pfh_decode(const uint8_t *buf, size_t count, size_t stride, uint64_t *u64,
     int64_t *num, uint8_t *uniq)
@@ -255,6 +267,7 @@ pfh_decode(const uint8_t *buf, size_t count, size_t stride, uint64_t *u64,
 		num[PFH_NUM_SET_PRIO0 * stride + i] = AT(r, set_prio)[0];
 		num[PFH_NUM_SET_PRIO1 * stride + i] = AT(r, set_prio)[1];
 		num[PFH_NUM_DYN_HASH * stride + i] = dyn_hash(r);
+		num[PFH_NUM_PEER_HASH * stride + i] = peer_hash(r);
 
 		decode_key(wire, num, stride, i, PFH_NUM_WIRE_PORT0);
 		decode_key(stack, num, stride, i, PFH_NUM_STACK_PORT0);

@@ -91,6 +91,12 @@ enum pfh_num_column {
 	 * keeping every value; stable across pfhistory versions.
 	 */
 	PFH_NUM_DYN_HASH,
+	/*
+	 * A 64-bit hash of both peers alone (a different seed), so a collector
+	 * rewrites a state's peers only when they changed, not every time its
+	 * counters move. Stable across pfhistory versions.
+	 */
+	PFH_NUM_PEER_HASH,
 	/* indexes into the table of distinct 16-byte values */
 	PFH_NUM_IFNAME_REF,
 	PFH_NUM_WIRE_ADDR0_REF,

@@ -13,7 +13,8 @@ history only moves forward.
 import socket
 import time
 from collections import Counter
-from itertools import repeat
+from itertools import chain, compress, repeat
+from operator import eq, is_not, itemgetter, ne, not_
 from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError
@@ -31,6 +32,11 @@ __all__ = ["CollectionResult", "Snapshot", "record_snapshot", "DEFAULT_SAMPLE_RE
 DEFAULT_SAMPLE_RETENTION = 24 * 3600
 _U63 = (1 << 63) - 1
 _U64 = 1 << 64
+# Fields of an open state's row (queries.open_states).
+_KEY = itemgetter(0, 1)
+_PK = itemgetter(2)
+_VALUES = itemgetter(3, 4, 5)      # dyn_hash, created_at, expires_at
+_PEER_HASH = itemgetter(6)
 # Samples deleted per statement while expiring, so the write lock is short.
 _EXPIRE_BATCH = 20000
 
@@ -93,8 +99,12 @@ class _Recorder:
         self.next_pk = next_pk
         self.next_addr = next_addr
         self.addr_ids = {}                    # (af, bin) -> id, for this run
-        self.open = {(cid, sid): (pk, dyn, cat, eat)
-                     for cid, sid, pk, dyn, cat, eat in queries.open_states(conn)}
+        rows = queries.open_states(conn)
+        # (creatorid, state_id) -> (creatorid, state_id, pk, dyn_hash, created_at,
+        # expires_at, peer_hash), built at C speed: a million open states, every minute.
+        self.open = dict(zip(map(_KEY, rows), rows))
+        del rows
+        self.any_closed = queries.any_closed_state(conn)
         self.states = self.inserted = self.updated = self.reopened = 0
         self.new_packets = self.new_bytes = 0
         self.creatorids = Counter()
@@ -114,19 +124,32 @@ class _Recorder:
         created = [t - x for x in c["creation"]]
         expires = [t + x for x in c["expire"]]
         self.creatorids.update(cids)
-        pop = self.open.pop
-        changed, unknown = [], []
-        for i, key in enumerate(zip(cids, sids)):
-            rec = pop(key, None)
-            if rec is None:
-                unknown.append(i)
-            elif rec[1] != dyns[i] or rec[2] != created[i] or rec[3] != expires[i]:
-                changed.append((i, rec[0]))
+        # Which records are open states whose values (or also peers) changed,
+        # and which are unknown: map/compress, no Python loop per state.
+        changed = peers_changed = ([], [])       # (indexes in the chunk, pks)
+        if self.open:
+            recs = list(map(self.open.pop, zip(cids, sids), repeat(None)))
+            seen = list(map(is_not, recs, repeat(None)))
+            unknown = list(compress(range(n), map(not_, seen)))
+            known = list(compress(range(n), seen))
+            old = list(compress(recs, seen))
+            del recs
+            diff = list(map(ne, map(_VALUES, old), compress(zip(dyns, created, expires), seen)))
+            index = list(compress(known, diff))
+            old = list(compress(old, diff))
+            changed = (index, list(map(_PK, old)))
+            diff = list(map(ne, map(_PEER_HASH, old), map(c["peer_hash"].__getitem__, index)))
+            peers_changed = (list(compress(index, diff)), list(compress(changed[1], diff)))
+            del old, diff
+        else:
+            unknown = list(range(n))
         # States absent from this chunk's lookup may be closed ones coming back.
-        back = queries.closed_states_by_key(
-            self.conn, [(cids[i], sids[i]) for i in unknown]) if unknown else {}
+        back = {}
+        if unknown and self.any_closed:
+            back = queries.closed_states_by_key(self.conn, [(cids[i], sids[i]) for i in unknown])
         new = []
         reopen = []
+        reopen_index = []
         for i in unknown:
             rec = back.get((cids[i], sids[i]))
             if rec is None:
@@ -134,15 +157,18 @@ class _Recorder:
             else:
                 pk, _dyn, _cat, _eat, last_seen = rec
                 reopen.append((pk, last_seen, None))
-                changed.append((i, pk))
+                reopen_index.append(i)
         if reopen:
-            queries.reopen_states(self.conn, [(pk, ls, None) for pk, ls, _ in reopen], self.c)
+            queries.reopen_states(self.conn, reopen, self.c)
             self.reopened += len(reopen)
+            # Values and peers both staged: the row holds those of its last sighting.
+            reopened = (reopen_index, [pk for pk, _ls, _e in reopen])
+            self._stage(c, reopened, reopened, created, expires)
         if new:
             self._insert(c, new, sids, created, expires)
-        if changed:
-            self._stage(c, changed, created, expires)
-            self.updated += len(changed) - len(reopen)
+        if changed[0]:
+            self._stage(c, changed, peers_changed, created, expires)
+            self.updated += len(changed[0])
 
     def _addresses(self, c, new):
         """addresses.id for every (af, address) the new states use."""
@@ -181,7 +207,7 @@ class _Recorder:
         everything = len(new) == c.n
 
         def pick(values):
-            return values if everything else [values[i] for i in new]
+            return values if everything else list(map(values.__getitem__, new))
 
         def col(name):
             return pick(c[name])
@@ -195,48 +221,43 @@ class _Recorder:
         rt_addr = [ids[ref] if r else None for ref, r in zip(col("rt_addr_ref"), rt)]
         packets0, packets1 = _clamped(col("packets0")), _clamped(col("packets1"))
         bytes0, bytes1 = _clamped(col("bytes0")), _clamped(col("bytes1"))
-        cids = repeat(cid, n)
-        nulls = repeat(None, n)
         queries.insert_states(self.conn, list(zip(
             pks, col("creatorid"), pick(sids), [names[r] for r in col("ifname_ref")],
             col("rule"), col("anchor"), col("nat_rule"), col("proto"), col("direction"),
             col("af"), col("log"), rt, rt_addr, col("rtableid0"), col("rtableid1"),
             col("max_mss"), col("min_ttl"), col("set_tos"), col("set_prio0"), col("set_prio1"),
             pick(created), pick(expires), packets0, packets1, bytes0, bytes1, col("timeout"),
-            col("sync_flags"), col("updates"), col("state_flags"), col("dyn_hash"), cids,
-            repeat(cid, n), nulls, repeat(None, n), repeat(None, n), repeat(None, n))))
-        keys = {}
+            col("sync_flags"), col("updates"), col("state_flags"), col("dyn_hash"),
+            col("peer_hash"), repeat(cid, n), repeat(cid, n))))
+        key_cols = {}
         for side in ("wire", "stack"):
-            keys[side] = list(zip(
-                col(side + "_af"), [ids[r] for r in col(side + "_addr0_ref")],
-                col(side + "_port0"), [ids[r] for r in col(side + "_addr1_ref")],
-                col(side + "_port1"), col(side + "_rdomain")))
-        mirror = [int(w == s) for w, s in zip(keys["wire"], keys["stack"])]
-        key_rows = [(pk, 0, *k, m) for pk, k, m in zip(pks, keys["wire"], mirror)]
-        key_rows += [(pk, 1, *k, 0) for pk, k in zip(pks, keys["stack"])]
-        key_rows.sort()
-        queries.insert_keys(self.conn, key_rows)
-        peer_rows = []
-        for side_no, side in enumerate(("src", "dst")):
-            peer_rows.extend(zip(pks, repeat(side_no, n),
-                                 *(col(f"{side}_{f}") for f in PEER_FIELDS)))
-        peer_rows.sort()
-        queries.insert_peers(self.conn, peer_rows)
+            key_cols[side] = (
+                col(side + "_af"), list(map(ids.__getitem__, col(side + "_addr0_ref"))),
+                col(side + "_port0"), list(map(ids.__getitem__, col(side + "_addr1_ref"))),
+                col(side + "_port1"), col(side + "_rdomain"))
+        mirror = list(map(int, map(eq, zip(*key_cols["wire"]), zip(*key_cols["stack"]))))
+        # Rows in (state_pk, side) order, the primary key's: appended, never
+        # inserted in the middle.
+        queries.insert_keys(self.conn, list(chain.from_iterable(zip(
+            zip(pks, repeat(0, n), *key_cols["wire"], mirror),
+            zip(pks, repeat(1, n), *key_cols["stack"], repeat(0, n))))))
+        queries.insert_peers(self.conn, list(chain.from_iterable(zip(
+            zip(pks, repeat(0, n), *(col(f"src_{f}") for f in PEER_FIELDS)),
+            zip(pks, repeat(1, n), *(col(f"dst_{f}") for f in PEER_FIELDS))))))
         self.new_packets += sum(packets0) + sum(packets1)
         self.new_bytes += sum(bytes0) + sum(bytes1)
         self.inserted += n
 
-    def _stage(self, c, changed, created, expires):
+    def _stage(self, c, changed, peers_changed, created, expires):
         col = c.__getitem__
-        fields = [col("dyn_hash"), created, expires,
-                  _clamped(col("packets0")), _clamped(col("packets1")),
-                  _clamped(col("bytes0")), _clamped(col("bytes1")),
-                  col("timeout"), col("sync_flags"), col("updates"), col("state_flags"),
-                  *(col(f"src_{f}") for f in PEER_FIELDS),
-                  *(col(f"dst_{f}") for f in PEER_FIELDS)]
-        index = [i for i, _pk in changed]
-        rows = list(zip([pk for _i, pk in changed], *([f[i] for i in index] for f in fields)))
-        queries.stage(self.conn, rows, first=not self.staged_any)
+        rows = _rows(c.n, changed, [
+            col("dyn_hash"), col("peer_hash"), created, expires,
+            _clamped(col("packets0")), _clamped(col("packets1")),
+            _clamped(col("bytes0")), _clamped(col("bytes1")),
+            col("timeout"), col("sync_flags"), col("updates"), col("state_flags")])
+        peer_rows = _rows(c.n, peers_changed, [
+            *(col(f"src_{f}") for f in PEER_FIELDS), *(col(f"dst_{f}") for f in PEER_FIELDS)])
+        queries.stage(self.conn, rows, peer_rows, first=not self.staged_any)
         self.staged_any = True
 
     # -- at the end --------------------------------------------------------------
@@ -249,7 +270,7 @@ class _Recorder:
         if closed:
             if self.prev is None:  # pragma: no cover - open states imply a collection
                 raise PFError("open states without any earlier collection")
-            queries.close_states(self.conn, [rec[0] for rec in closed],
+            queries.close_states(self.conn, [rec[2] for rec in closed],
                                  self.prev[0], self.prev[1], self.c, self.t)
         return {
             "states": self.states, "inserted": self.inserted, "updated": self.updated,
@@ -259,6 +280,15 @@ class _Recorder:
             "samples": samples,
             "creatorid": self.creatorids.most_common(1)[0][0] if self.creatorids else None,
         }
+
+
+def _rows(n, chosen, fields):
+    """Rows (pk, *values) of chosen = (ascending indexes in a chunk of n
+    records, their pks); a chunk whose every record is chosen is taken as is."""
+    index, pks = chosen
+    if len(index) < n:
+        fields = [list(map(f.__getitem__, index)) for f in fields]
+    return list(zip(pks, *fields))
 
 
 def _ifnames(c):
@@ -287,10 +317,16 @@ def record_snapshot(engine, snapshot, host=None, sample_retention=DEFAULT_SAMPLE
             "inserted": 0, "updated": 0, "reopened": 0, "closed": 0, "packets": 0,
             "bytes": 0, "samples": 0, "duration_ms": 0})
         recorder = _Recorder(conn, snapshot, collection_id, prev, next_pk, next_addr)
+        # Into an empty history every state is new: load first, index after.
+        bulk_load = next_pk == 1
+        if bulk_load:
+            queries.drop_load_indexes(conn)
         try:
             for columns in sources.iter_columns(snapshot.source, chunk_records=chunk_records):
                 recorder.add_chunk(columns)
             summary = recorder.finish()
+            if bulk_load:
+                queries.create_load_indexes(conn)
         except IntegrityError:
             raise PFError(f"{snapshot.origin}: holds two records of one state (same creatorid "
                           f"and id); not a consistent state table, nothing recorded") from None

@@ -144,6 +144,9 @@ class State(Base):
     updates: Mapped[int] = _small()
     state_flags: Mapped[int] = _int()
     dyn_hash: Mapped[int] = _big(doc="hash of the peers and counters, to see changes")
+    peer_hash: Mapped[int | None] = _big(
+        doc="hash of both peers alone, to rewrite them only when they change; "
+            "NULL (unknown) in rows older than it")
     values_since: Mapped[int] = _int(doc="collection from which the current values hold")
     # lifetime
     first_seen: Mapped[int] = _int(doc="first collection that saw it")

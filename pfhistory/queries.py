@@ -24,21 +24,27 @@ from pfhistory.models import (
 )
 
 __all__ = [
-    "STATE_COLUMNS", "KEY_COLUMNS", "PEER_COLUMNS", "STAGED_COLUMNS",
+    "STATE_COLUMNS", "NEW_STATE_COLUMNS", "KEY_COLUMNS", "PEER_COLUMNS", "STAGED_COLUMNS",
+    "STAGED_PEER_COLUMNS",
     "latest_collection", "next_ids", "insert_collection", "finish_collection",
-    "open_states", "closed_states_by_key", "address_ids", "insert_addresses",
-    "insert_states", "insert_keys", "insert_peers", "stage", "apply_staged",
+    "open_states", "any_closed_state", "closed_states_by_key", "address_ids", "insert_addresses",
+    "insert_states", "insert_keys", "insert_peers", "drop_load_indexes",
+    "create_load_indexes", "stage", "apply_staged",
     "close_states", "reopen_states", "expire_samples", "prune_states_batch",
     "prune_orphan_addresses", "get_setting", "set_setting", "counts",
 ]
 
 # Column orders of the rows the collector builds.
 STATE_COLUMNS = tuple(c.name for c in State.__table__.columns)
+# A new state's row: everything up to first_seen (the rest is NULL: open).
+NEW_STATE_COLUMNS = STATE_COLUMNS[:STATE_COLUMNS.index("first_seen") + 1]
 KEY_COLUMNS = tuple(c.name for c in StateKey.__table__.columns)
 PEER_COLUMNS = tuple(c.name for c in StatePeer.__table__.columns)
 # A staged change: the state's pk, its new dynamic values, both new peers.
-STAGED_COLUMNS = ("pk", "dyn_hash", *DYNAMIC_STATE_FIELDS,
-                  *(f"src_{f}" for f in PEER_FIELDS), *(f"dst_{f}" for f in PEER_FIELDS))
+STAGED_COLUMNS = ("pk", "dyn_hash", "peer_hash", *DYNAMIC_STATE_FIELDS)
+# Staged new peers (only of states whose peers changed): the pk, src, dst.
+STAGED_PEER_COLUMNS = ("pk", *(f"src_{f}" for f in PEER_FIELDS),
+                       *(f"dst_{f}" for f in PEER_FIELDS))
 
 
 def _ph(conn):
@@ -102,11 +108,22 @@ def counts(conn):
 # -- looking states up -----------------------------------------------------------
 
 def open_states(conn):
-    """(creatorid, state_id, pk, dyn_hash, created_at, expires_at) of open states
-    (fetched through the DBAPI: a million rows, every collection)."""
+    """(creatorid, state_id, pk, dyn_hash, created_at, expires_at, peer_hash) tuples
+    of open states (a million rows every collection: plain DBAPI tuples)."""
+    cursor = conn.connection.cursor()
+    try:
+        cursor.execute("SELECT creatorid, state_id, pk, dyn_hash, created_at, expires_at, "
+                       "peer_hash FROM states WHERE ended_before IS NULL")
+        return cursor.fetchall()
+    finally:
+        cursor.close()
+
+
+def any_closed_state(conn):
+    """True if some state has ended (then a state missing from the open ones
+    may be one coming back); uses the index on ended_before_at."""
     return conn.exec_driver_sql(
-        "SELECT creatorid, state_id, pk, dyn_hash, created_at, expires_at FROM states "
-        "WHERE ended_before IS NULL").fetchall()
+        "SELECT 1 FROM states WHERE ended_before_at IS NOT NULL LIMIT 1").first() is not None
 
 
 def closed_states_by_key(conn, keys):
@@ -145,7 +162,8 @@ def insert_addresses(conn, rows):
 
 
 def insert_states(conn, rows):
-    _executemany(conn, _insert_sql("states", STATE_COLUMNS), rows)
+    """rows: NEW_STATE_COLUMNS; the end columns are NULL while a state is open."""
+    _executemany(conn, _insert_sql("states", NEW_STATE_COLUMNS), rows)
 
 
 def insert_keys(conn, rows):
@@ -156,12 +174,36 @@ def insert_peers(conn, rows):
     _executemany(conn, _insert_sql("state_peers", PEER_COLUMNS), rows)
 
 
-def stage(conn, rows, first=False):
-    """Stage new values of states that changed (STAGED_COLUMNS order)."""
+# Secondary indexes of the tables a collection fills. Into an empty history
+# (the first collection, a million states at once) they are dropped before
+# the rows go in and built afterwards, in the same transaction: one sort per
+# index instead of a million inserts at random places, and packed pages.
+_LOAD_INDEXES = sorted((*State.__table__.indexes, *StateKey.__table__.indexes),
+                       key=lambda ix: ix.name)
+
+
+def drop_load_indexes(conn):
+    """Drop the secondary indexes of states and state_keys (see _LOAD_INDEXES)."""
+    for index in _LOAD_INDEXES:
+        index.drop(conn)
+
+
+def create_load_indexes(conn):
+    """Build again the indexes drop_load_indexes() dropped, exactly as the models
+    declare them."""
+    for index in _LOAD_INDEXES:
+        index.create(conn)
+
+
+def stage(conn, rows, peer_rows, first=False):
+    """Stage new values of states that changed (STAGED_COLUMNS order) and new
+    peers of those whose peers changed (STAGED_PEER_COLUMNS order)."""
     if first:
-        cols = ", ".join(f"{c} BIGINT" for c in STAGED_COLUMNS)
-        _temp_table(conn, "pfh_incoming", cols)
+        for name, columns in (("pfh_incoming", STAGED_COLUMNS),
+                              ("pfh_peers", STAGED_PEER_COLUMNS)):
+            _temp_table(conn, name, ", ".join(f"{c} BIGINT" for c in columns))
     _executemany(conn, _insert_sql("pfh_incoming", STAGED_COLUMNS), rows)
+    _executemany(conn, _insert_sql("pfh_peers", STAGED_PEER_COLUMNS), peer_rows)
 
 
 def apply_staged(conn, collection_id):
@@ -192,15 +234,20 @@ def apply_staged(conn, collection_id):
         f"JOIN state_peers ps ON ps.state_pk = s.pk AND ps.side = 0 "
         f"JOIN state_peers pd ON pd.state_pk = s.pk AND pd.side = 1 "
         f"WHERE s.values_since < {ph}", (collection_id, collection_id)).rowcount
-    sets = ", ".join(f"{f} = i.{f}" for f in ("dyn_hash", *DYNAMIC_STATE_FIELDS))
+    sets = ", ".join(f"{f} = i.{f}" for f in ("dyn_hash", "peer_hash", *DYNAMIC_STATE_FIELDS))
     conn.exec_driver_sql(
         f"UPDATE states SET {sets}, values_since = {ph} "
         f"FROM pfh_incoming i WHERE states.pk = i.pk", (collection_id,))
     for side, prefix in ((0, "src_"), (1, "dst_")):
+        # Only peers whose hash changed are staged; of those (and of rows
+        # older than peer_hash) rows whose values are the same stay unwritten.
         peer_sets = ", ".join(f"{f} = i.{prefix}{f}" for f in PEER_FIELDS)
+        old = ", ".join(f"state_peers.{f}" for f in PEER_FIELDS)
+        new = ", ".join(f"i.{prefix}{f}" for f in PEER_FIELDS)
         conn.exec_driver_sql(
-            f"UPDATE state_peers SET {peer_sets} FROM pfh_incoming i "
-            f"WHERE state_peers.state_pk = i.pk AND state_peers.side = {side}")
+            f"UPDATE state_peers SET {peer_sets} FROM pfh_peers i "
+            f"WHERE state_peers.state_pk = i.pk AND state_peers.side = {side} "
+            f"AND ({old}) <> ({new})")
     return int(moved[0]), int(moved[1]), max(written, 0)
 
 

@@ -302,3 +302,49 @@ def test_live_collection_needs_openbsd(tmp_path):
     line = _one_sentence(run_cli("collect", "--db", tmp_path / "h.db"))
     assert "needs OpenBSD" in line and "--from-file" in line
     assert not (tmp_path / "h.db").exists()
+
+
+def _tcp_peer(seqlo, packets):
+    return build_state(wire=Key("192.0.2.1", 443, "10.0.0.1", 40000), id=1, ifname=b"em0",
+                       direction=pf.PF_OUT, proto=6, src=Peer(state=4, seqlo=seqlo),
+                       dst=Peer(state=4), packets=(packets, 1), bytes_=(packets * 100, 60),
+                       creation=10, expire=86400, creatorid=7)
+
+
+def test_peers_change_only_when_they_do_and_samples_keep_them(tmp_path):
+    """Counters move every collection, peers only sometimes: the current peers
+    and every sample's are those of the snapshot they came from."""
+    t0 = 1_795_000_000
+    snaps = [_write(tmp_path / f"{k}.pf", [_tcp_peer(seqlo, packets)], t0 + 60 * k)
+             for k, (seqlo, packets) in enumerate([(1, 1), (1, 2), (9, 3), (9, 4)])]
+    db = tmp_path / "h.db"
+    con = None
+    for k, snap in enumerate(snaps):
+        assert run_cli("collect", "--db", db, "--from-file", snap).returncode == 0
+        con = _db(db)
+        # The record's src peer is side 0 of state_peers.
+        assert con.execute("SELECT seqlo FROM state_peers WHERE side = 0").fetchone()[0] == \
+            (1, 1, 9, 9)[k]
+        assert con.execute("SELECT packets0 FROM states").fetchone()[0] == k + 1
+    samples = [(r["valid_from"], r["valid_until"], r["src_seqlo"], r["packets0"])
+               for r in con.execute("SELECT * FROM samples ORDER BY valid_until")]
+    assert samples == [(1, 2, 1, 1), (2, 3, 1, 2), (3, 4, 9, 3)]
+
+
+def test_states_recorded_before_peer_hash_get_their_peers_written(tmp_path, small_series,
+                                                                 recorded):
+    """Rows from before migration 0004 have no peer hash (NULL): the next
+    collection that sees them writes their peers, so the history comes out
+    exactly as if the hash had always been there."""
+    db = tmp_path / "h.db"
+    files = [p for _t, p in small_series.snapshots]
+    assert run_cli("collect", "--db", db, "--from-file", files[0]).returncode == 0
+    con = sqlite3.connect(db)
+    con.execute("UPDATE states SET peer_hash = NULL")
+    con.commit()
+    con.close()
+    assert run_cli("collect", "--db", db, "--from-file", *files[1:]).returncode == 0
+    for table in ("state_peers", "samples"):
+        got, want = (sqlite3.connect(p).execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
+                     for p in (db, recorded))
+        assert got == want, table

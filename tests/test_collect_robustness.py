@@ -34,6 +34,12 @@ def _check_consistent(db):
     con = sqlite3.connect(db)
     try:
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "collections" not in tables:
+            # Killed while creating the database: the schema is made in one
+            # transaction, so the file holds nothing at all (collect makes it anew).
+            assert tables == set()
+            return 0
         rows = con.execute("SELECT id, states, duration_ms FROM collections ORDER BY id").fetchall()
         assert [r[0] for r in rows] == list(range(1, len(rows) + 1))
         if rows:
