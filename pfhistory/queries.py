@@ -600,6 +600,9 @@ def history_rows(conn, f, at_row, history=True):
     order = _ORDERS.get(f.order)
     if order is None:
         raise ValueError(f"order must be one of {', '.join(_ORDERS)}")
+    # PostgreSQL takes an output column's alias in ORDER BY only on its own,
+    # not inside an expression: spell the values out.
+    order = order.replace("(v_bytes0 + v_bytes1)", f"({pick('bytes0')} + {pick('bytes1')})")
     sql = (
         f"SELECT {columns} "
         f"FROM states s "
