@@ -113,7 +113,7 @@ def open_states(conn):
     cursor = conn.connection.cursor()
     try:
         cursor.execute("SELECT creatorid, state_id, pk, dyn_hash, created_at, expires_at, "
-                       "peer_hash FROM states WHERE ended_before IS NULL")
+                       "peer_hash FROM states WHERE ended_before_at IS NULL")
         return cursor.fetchall()
     finally:
         cursor.close()
@@ -588,7 +588,7 @@ def history_rows(conn, f, at_row, history=True):
                       "OR wk.port1 <> sk.port1 OR wk.af <> sk.af OR wk.rdomain <> sk.rdomain)")
         where.append(translated if f.nat else f"NOT {translated}")
     if f.open:
-        where.append("s.ended_before IS NULL")
+        where.append("s.ended_before_at IS NULL")     # indexed; set with ended_before
     if f.closed:
         where.append("s.ended_before IS NOT NULL")
     if f.min_bytes is not None:
@@ -838,15 +838,48 @@ def collection_neighbours(conn, since, until):
     return before, after, first
 
 
-def rollup_totals(conn, hour_lo, hour_hi):
-    """Every (dim, key, key2, label) of the hours [hour_lo, hour_hi) with its sums
-    (states, halfopen, packets_out, packets_in, bytes_out, bytes_in)."""
+def rollup_totals(conn, dims, hour_lo, hour_hi):
+    """Every (dim, key, key2, label) of some (small) dimensions in the hours
+    [hour_lo, hour_hi) with its sums (states, halfopen, packets_out, packets_in,
+    bytes_out, bytes_in)."""
     ph = _ph(conn)
+    dims = [int(d) for d in dims]
     return conn.exec_driver_sql(
         f"SELECT dim, key, key2, label, SUM(states), SUM(halfopen), SUM(packets_out), "
         f"SUM(packets_in), SUM(bytes_out), SUM(bytes_in) FROM rollups "
-        f"WHERE hour >= {ph} AND hour < {ph} GROUP BY dim, key, key2, label",
-        (hour_lo, hour_hi)).fetchall()
+        f"WHERE hour >= {ph} AND hour < {ph} AND dim IN ({', '.join(map(str, dims))}) "
+        f"GROUP BY dim, key, key2, label", (hour_lo, hour_hi)).fetchall()
+
+
+def rollup_top(conn, dim, hour_lo, hour_hi, limit):
+    """The keys of one dimension that rank in the first limit by bytes out, bytes
+    in, both, states or half-open states over the hours [hour_lo, hour_hi), with
+    their sums: (key, key2, label, states, halfopen, packets_out, packets_in,
+    bytes_out, bytes_in). One GROUP BY however many keys there are (a day of
+    remote hosts is about a million); each ranking breaks ties as the report
+    does, so the report's top lists over these rows are exact."""
+    ph = _ph(conn)
+    lim = int(limit)
+    orders = ("bo DESC, bi DESC, key", "bi DESC, bo DESC, key",
+              "bo + bi DESC, st DESC, key", "st DESC, bo + bi DESC, key",
+              "half DESC, st DESC, key")
+    picks = " UNION ".join(f"SELECT * FROM (SELECT key AS k FROM g ORDER BY {o} LIMIT {lim}) "
+                           f"AS t{i}" for i, o in enumerate(orders))
+    return conn.exec_driver_sql(
+        f"WITH g AS (SELECT key, SUM(states) AS st, SUM(halfopen) AS half, "
+        f"SUM(packets_out) AS po, SUM(packets_in) AS pi, SUM(bytes_out) AS bo, "
+        f"SUM(bytes_in) AS bi FROM rollups WHERE dim = {ph} AND hour >= {ph} "
+        f"AND hour < {ph} GROUP BY key) "
+        f"SELECT key, 0, '', st, half, po, pi, bo, bi FROM g WHERE key IN ({picks})",
+        (dim, hour_lo, hour_hi)).fetchall()
+
+
+def rollup_bursts(conn, dim, hour_lo, hour_hi, at_least):
+    """(hour, key, states) of one dimension's hours with at least that many states."""
+    ph = _ph(conn)
+    return conn.exec_driver_sql(
+        f"SELECT hour, key, states FROM rollups WHERE dim = {ph} AND hour >= {ph} "
+        f"AND hour < {ph} AND states >= {ph}", (dim, hour_lo, hour_hi, at_least)).fetchall()
 
 
 def rollup_hourly(conn, dim, keys, hour_lo, hour_hi):
@@ -860,14 +893,6 @@ def rollup_hourly(conn, dim, keys, hour_lo, hour_hi):
         f"WHERE dim = {ph} AND hour >= {ph} AND hour < {ph} AND key IN ({marks}) "
         f"GROUP BY hour, key ORDER BY hour",
         (dim, hour_lo, hour_hi, *keys)).fetchall()
-
-
-def rollup_hours(conn, dim, hour_lo, hour_hi):
-    """(hour, key, states) of one dimension, for finding bursts."""
-    ph = _ph(conn)
-    return conn.exec_driver_sql(
-        f"SELECT hour, key, states FROM rollups WHERE dim = {ph} AND hour >= {ph} "
-        f"AND hour < {ph}", (dim, hour_lo, hour_hi)).fetchall()
 
 
 def address_texts(conn, ids):
@@ -932,9 +957,13 @@ def states_alive_at(conn, at, pk_max, until, limit, created_by=None, by_rowid=Fa
     the caller knows which of the two is smaller)."""
     ph = _ph(conn)
     latest = _latest_at(conn)
-    end = "+s.ended_before_at" if by_rowid and conn.dialect.name == "sqlite" \
-        else "s.ended_before_at"
-    where = (f"s.pk <= {ph} AND ({end} > {ph} OR s.ended_before IS NULL) "
+    end, pk = "s.ended_before_at", "s.pk"
+    if conn.dialect.name == "sqlite":     # a unary + keeps SQLite off that index
+        if by_rowid:
+            end = "+" + end
+        else:
+            pk = "+" + pk
+    where = (f"{pk} <= {ph} AND ({end} > {ph} OR {end} IS NULL) "
              f"AND s.created_at <= {ph}")
     params = (pk_max, at, at if created_by is None else min(at, created_by))
     total = conn.exec_driver_sql(f"SELECT count(*) FROM states s WHERE {where}",

@@ -187,9 +187,17 @@ class _Builder:
         self.hour_lo = since - since % 3600
         self.hour_hi = -(-until // 3600) * 3600     # rollup hours are (h, h + 3600]
         self.totals = {}
-        for dim, key, key2, label, *sums in queries.rollup_totals(conn, self.hour_lo,
+        # Small dimensions whole; hosts (a day can name a million remote
+        # addresses) as the keys that rank in some top list.
+        small = (R.SERVICE, R.RULE, R.INTERFACE, R.NAT, R.PUBLISHED, R.LARGEST)
+        for dim, key, key2, label, *sums in queries.rollup_totals(conn, small, self.hour_lo,
                                                                   self.hour_hi):
             self.totals.setdefault(dim, []).append((key, key2, label, *map(int, sums)))
+        for dim in (R.LOCAL, R.REMOTE, R.SOURCE):
+            self.totals[dim] = [
+                (key, key2, label, *map(int, sums)) for key, key2, label, *sums in
+                queries.rollup_top(conn, dim, self.hour_lo, self.hour_hi,
+                                   max(top, CHART_HOSTS))]
         self.addr = {}
 
     def _texts(self, ids):
@@ -368,7 +376,7 @@ class _Builder:
                       "bytes", "text"], out, note)
 
     def _host_chart(self):
-        rows = self._ranked(R.LOCAL, lambda r: (-(r[7] + r[8]), r[0]), CHART_HOSTS)
+        rows = self._ranked(R.LOCAL, lambda r: (-(r[7] + r[8]), -r[3], r[0]), CHART_HOSTS)
         keys = [r[0] for r in rows]
         names = self._texts(keys)
         hourly = queries.rollup_hourly(self.conn, R.LOCAL, keys, self.hour_lo, self.hour_hi)
@@ -415,10 +423,11 @@ class _Builder:
                   ["text", "time", "int", "int", "text"])
         t.note = (f"At least {BURST_MIN} new states in one hour and {BURST_FACTOR}x the "
                   f"source's median count in the other hours of the period and the week before.")
-        period = queries.rollup_hours(self.conn, R.SOURCE, self.hour_lo, self.hour_hi)
+        period = queries.rollup_bursts(self.conn, R.SOURCE, self.hour_lo, self.hour_hi,
+                                       BURST_MIN)
         peaks = {}
         for hour, key, states in period:
-            if states >= BURST_MIN and states > peaks.get(key, (0, 0))[1]:
+            if states > peaks.get(key, (0, 0))[1]:
                 peaks[key] = (hour, states)
         if not peaks:
             return t
