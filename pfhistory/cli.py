@@ -68,10 +68,13 @@ def _add_simulate(sub):
         description="Simulate a busy OpenBSD firewall and write one pfctl -S state file "
                     "per snapshot, named and dated by its snapshot time. Seeded: the "
                     "same arguments always write the same bytes.",
-        epilog="Example:\n  pfhistory simulate --out /tmp/fw --states 5000 "
-               "--interval 1m --duration 1h --seed 7 --truth\n",
+        epilog="Examples:\n  pfhistory simulate --out /tmp/fw --states 5000 "
+               "--interval 1m --duration 1h --seed 7 --truth\n"
+               "  pfhistory simulate --pfsync /tmp/fw.pcap --states 5000 --duration 10m\n"
+               "  pfhistory simulate --pfsync /tmp/fw.pcap --send 224.0.0.240 "
+               "--send-iface em1\n",
     )
-    p.add_argument("--out", required=True, metavar="DIR", help="directory for the snapshots")
+    p.add_argument("--out", metavar="DIR", help="directory for the snapshots")
     p.add_argument("--states", type=_positive_int, default=1000,
                    help="concurrent states (default 1000, up to 2000000)")
     p.add_argument("--interval", default="60s", help="time between snapshots (default 60s)")
@@ -84,6 +87,15 @@ def _add_simulate(sub):
                    help="snapshot indexes not written, to model missed cron runs")
     p.add_argument("--truth", action="store_true",
                    help="also write the simulator's ground truth (truth.jsonl)")
+    p.add_argument("--pfsync", metavar="PCAP",
+                   help="instead of snapshots, write the firewall's changes as the pfsync "
+                        "packets OpenBSD sends (a pcap file, dated by simulated time)")
+    p.add_argument("--send", metavar="ADDR",
+                   help="also send those packets to ADDR now (raw IP, root), e.g. "
+                        "224.0.0.240 or a listener's unicast address")
+    p.add_argument("--send-iface", metavar="NAME", help="interface for multicast --send")
+    p.add_argument("--pps", type=_positive_int, default=20000,
+                   help="packets per second --send sends at most (default 20000)")
     p.set_defaults(func=_cmd_simulate)
 
 
@@ -125,6 +137,21 @@ def _cmd_simulate(args):
         missing = tuple(int(x) for x in args.missing.split(",") if x.strip())
     except ValueError:
         raise PFError(f"--missing {args.missing!r} is not a list of snapshot numbers") from None
+    if args.pfsync or args.send:
+        if args.out or args.truth:
+            raise PFError("--pfsync writes packets, not snapshots: leave out --out and --truth")
+        if not args.pfsync:
+            raise PFError("--send needs --pfsync PCAP (the packets sent are also written there)")
+        from pfhistory import syncsim
+
+        cfg = SimulationConfig(states=args.states, interval=interval, duration=duration,
+                               seed=args.seed, start=start, creatorid=args.creatorid)
+        sent = syncsim.write_and_send(cfg, args.pfsync, send=args.send,
+                                      iface=args.send_iface, pps=args.pps)
+        print(f"{args.pfsync}: {sent} pfsync packets")
+        return 0
+    if not args.out:
+        raise PFError("give --out DIR for snapshots, or --pfsync PCAP for pfsync packets")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise PFError(f"--out {args.out}: exists and is not a directory")
     cfg = SimulationConfig(states=args.states, interval=interval, duration=duration,
