@@ -181,11 +181,16 @@ def _add_collect(sub):
                     "Quiet on success unless -v; one line and a non-zero exit on failure. "
                     "A snapshot older than the newest collection is refused.",
         epilog="Examples:\n  pfhistory collect                      # cron, every minute\n"
-               "  pfhistory collect --db /tmp/h.db --from-file /tmp/fw/states-*.pfstate -v\n",
+               "  pfhistory collect --db /tmp/h.db --from-file /tmp/fw/states-*.pfstate -v\n"
+               "  pfhistory collect --db /tmp/h.db --from-pcap /tmp/pfsync.pcap -v\n",
     )
     _add_db_option(p)
     p.add_argument("--from-file", nargs="+", metavar="PATH",
                    help="pfctl -S state files, recorded in the order given")
+    p.add_argument("--from-pcap", metavar="FILE",
+                   help="a pcap or pcapng capture of pfsync traffic (tcpdump -w on the sync "
+                        "interface), recorded as pfsync events dated by packet time")
+    _add_batch_options(p)
     p.add_argument("--at", metavar="TIME",
                    help="when the snapshot was taken (ISO 8601, local unless an offset is "
                         "given); default: now, or the file's mtime")
@@ -199,10 +204,52 @@ def _add_collect(sub):
     p.set_defaults(func=_cmd_collect)
 
 
+def _add_batch_options(p):
+    p.add_argument("--batch-packets", type=_positive_int, default=512, metavar="N",
+                   help="pfsync: one transaction per N packets at most (default 512)")
+    p.add_argument("--batch-ms", type=_positive_int, default=200, metavar="MS",
+                   help="pfsync: or per MS milliseconds of traffic (default 200)")
+
+
+def _pfsync_summary(recorder):
+    t, bad = recorder.totals, recorder.malformed
+    reasons = ", ".join(f"{n} {r}" for r, n in sorted(bad.items()))
+    return (f"{t['packets']} packets ({sum(bad.values())} malformed"
+            f"{': ' + reasons if reasons else ''}), {t['messages']} messages, "
+            f"{t['batches']} batches: {t['inserted']} states new, {t['updated']} updated, "
+            f"{t['ended']} ended, {t['partial']} partial, {t['stale']} stale")
+
+
+def _cmd_collect_pcap(args):
+    from pfhistory import syncrecorder
+    from pfhistory.capture import read_frames
+    from pfhistory.db import require_current_schema
+
+    if args.from_file or args.at:
+        raise PFError("--from-pcap takes its times from the packets: leave out "
+                      "--from-file and --at")
+    for _frame in read_frames(args.from_pcap):        # refuse a bad file before any DB
+        pass
+    url, engine = _open_db(args.db, create=True, wait=args.wait)
+    try:
+        require_current_schema(engine, url, create=True)
+        recorder = syncrecorder.ingest_capture(engine, args.from_pcap,
+                                               batch_packets=args.batch_packets,
+                                               batch_ms=args.batch_ms)
+        if args.verbose:
+            _say(args, f"{args.from_pcap}: {_pfsync_summary(recorder)}")
+    finally:
+        engine.dispose()
+        _owner_only(url)
+    return 0
+
+
 def _cmd_collect(args):
     from pfhistory import collector
     from pfhistory.timespec import parse_duration
 
+    if args.from_pcap:
+        return _cmd_collect_pcap(args)
     retention = parse_duration(args.sample_retention, "--sample-retention")
     snapshots = _snapshots(args)
     url, engine = _open_db(args.db, create=True, wait=args.wait)

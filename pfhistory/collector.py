@@ -95,6 +95,7 @@ class _Recorder:
         self.addr_ids = {}                    # (af, bin) -> id, for this run
         self.open = {(cid, sid): (pk, dyn, cat, eat)
                      for cid, sid, pk, dyn, cat, eat in queries.open_states(conn)}
+        self.ended_by_pfsync = 0
         self.states = self.inserted = self.updated = self.reopened = 0
         self.new_packets = self.new_bytes = 0
         self.creatorids = Counter()
@@ -131,8 +132,12 @@ class _Recorder:
             rec = back.get((cids[i], sids[i]))
             if rec is None:
                 new.append(i)
+            elif rec[5] is not None:
+                # pfsync reported its removal: it stays ended when pfsync said, even if
+                # this snapshot was read a moment before the removal was recorded.
+                self.ended_by_pfsync += 1
             else:
-                pk, _dyn, _cat, _eat, last_seen = rec
+                pk, _dyn, _cat, _eat, last_seen, _by = rec
                 reopen.append((pk, last_seen, None))
                 changed.append((i, pk))
         if reopen:
@@ -204,7 +209,8 @@ class _Recorder:
             col("max_mss"), col("min_ttl"), col("set_tos"), col("set_prio0"), col("set_prio1"),
             pick(created), pick(expires), packets0, packets1, bytes0, bytes1, col("timeout"),
             col("sync_flags"), col("updates"), col("state_flags"), col("dyn_hash"), cids,
-            repeat(cid, n), nulls, repeat(None, n), repeat(None, n), repeat(None, n))))
+            repeat(cid, n), nulls, repeat(None, n), repeat(None, n), repeat(None, n),
+            repeat(None, n))))
         keys = {}
         for side in ("wire", "stack"):
             keys[side] = list(zip(
@@ -245,12 +251,13 @@ class _Recorder:
         moved_packets = moved_bytes = samples = 0
         if self.staged_any:
             moved_packets, moved_bytes, samples = queries.apply_staged(self.conn, self.c)
-        closed = list(self.open.values())
+        # Open states the snapshot lacks are closed, except those created after it was
+        # taken (pfsync reported them meanwhile): they cannot be in it.
+        closed = [rec for rec in self.open.values() if rec[2] <= self.t]
         if closed:
-            if self.prev is None:  # pragma: no cover - open states imply a collection
-                raise PFError("open states without any earlier collection")
+            prev_id, prev_at = self.prev if self.prev is not None else (0, 0)
             queries.close_states(self.conn, [rec[0] for rec in closed],
-                                 self.prev[0], self.prev[1], self.c, self.t)
+                                 prev_id, prev_at, self.c, self.t)
         return {
             "states": self.states, "inserted": self.inserted, "updated": self.updated,
             "reopened": self.reopened, "closed": len(closed),
@@ -274,12 +281,15 @@ def record_snapshot(engine, snapshot, host=None, sample_retention=DEFAULT_SAMPLE
     started = time.monotonic()
     host = host or socket.gethostname()
     with write_transaction(engine) as conn:
-        prev = queries.latest_collection(conn)
-        if prev is not None and snapshot.collected_at < prev[1]:
+        newest = queries.latest_collection(conn, kind=0)
+        if newest is not None and snapshot.collected_at < newest[1]:
             raise OlderSnapshotError(
                 f"{snapshot.origin}: taken at {_iso(snapshot.collected_at)}, before the newest "
-                f"collection ({_iso(prev[1])}); the history only moves forward, so "
+                f"collection ({_iso(newest[1])}); the history only moves forward, so "
                 f"older snapshots are refused")
+        # A state this snapshot lacks was last seen by the snapshot before it, or by the
+        # pfsync batch that first reported it if that came later (close_states).
+        prev = newest
         collection_id, next_pk, next_addr = queries.next_ids(conn)
         queries.insert_collection(conn, {
             "id": collection_id, "collected_at": snapshot.collected_at,

@@ -29,6 +29,8 @@ __all__ = [
     "insert_states", "insert_keys", "insert_peers", "stage", "apply_staged",
     "close_states", "reopen_states", "expire_samples", "prune_states_batch",
     "prune_orphan_addresses", "get_setting", "set_setting", "counts",
+    "SYNC_LOOKUP_COLUMNS", "sync_lookup", "end_states", "refine_ends", "clear_states",
+    "upsert_partial_states", "delete_partial_states", "count_partial_states",
 ]
 
 # Column orders of the rows the collector builds.
@@ -69,10 +71,13 @@ def _temp_table(conn, name, columns_sql):
 
 # -- collections ---------------------------------------------------------------
 
-def latest_collection(conn):
-    """(id, collected_at) of the newest collection, or None."""
-    row = conn.execute(select(Collection.id, Collection.collected_at)
-                       .order_by(Collection.collected_at.desc(), Collection.id.desc())
+def latest_collection(conn, kind=None):
+    """(id, collected_at) of the newest collection (of that kind: 0 snapshots, 1 pfsync
+    batches), or None."""
+    q = select(Collection.id, Collection.collected_at)
+    if kind is not None:
+        q = q.where(Collection.kind == kind)
+    row = conn.execute(q.order_by(Collection.collected_at.desc(), Collection.id.desc())
                        .limit(1)).first()
     return tuple(row) if row else None
 
@@ -109,15 +114,15 @@ def open_states(conn):
 
 
 def closed_states_by_key(conn, keys):
-    """{(creatorid, state_id): (pk, dyn_hash, created_at, expires_at, last_seen)} of
-    closed states among keys (states seen again after a collection missed them)."""
+    """{(creatorid, state_id): (pk, dyn_hash, created_at, expires_at, last_seen, ended_by)}
+    of closed states among keys (states seen again after a collection missed them)."""
     if not keys:
         return {}
     _temp_table(conn, "pfh_lookup", "creatorid BIGINT, state_id BIGINT")
     _executemany(conn, "INSERT INTO pfh_lookup VALUES (?, ?)", keys)
     rows = conn.exec_driver_sql(
         "SELECT s.creatorid, s.state_id, s.pk, s.dyn_hash, s.created_at, s.expires_at, "
-        "s.last_seen FROM pfh_lookup l JOIN states s "
+        "s.last_seen, s.ended_by FROM pfh_lookup l JOIN states s "
         "ON s.creatorid = l.creatorid AND s.state_id = l.state_id "
         "WHERE s.ended_before IS NOT NULL")
     return {(r[0], r[1]): tuple(r[2:]) for r in rows}
@@ -204,10 +209,15 @@ def apply_staged(conn, collection_id):
 
 
 def close_states(conn, pks, last_seen, last_seen_at, ended_before, ended_before_at):
-    """Close open states a collection did not see."""
-    _executemany(conn, "UPDATE states SET last_seen = ?, last_seen_at = ?, "
+    """Close open states a collection did not see: last seen by the previous snapshot
+    (last_seen), or by the pfsync batch that first reported them if that came later."""
+    _executemany(conn, "UPDATE states SET "
+                       "last_seen_at = CASE WHEN first_seen > ? THEN (SELECT collected_at "
+                       "FROM collections c WHERE c.id = states.first_seen) ELSE ? END, "
+                       "last_seen = CASE WHEN first_seen > ? THEN first_seen ELSE ? END, "
                        "ended_before = ?, ended_before_at = ? WHERE pk = ?",
-                 [(last_seen, last_seen_at, ended_before, ended_before_at, pk) for pk in pks])
+                 [(last_seen, last_seen_at, last_seen, last_seen, ended_before,
+                   ended_before_at, pk) for pk in pks])
 
 
 def reopen_states(conn, rows, collection_id):
@@ -526,3 +536,80 @@ def sqlite_incremental_vacuum(conn, pages):
 
 def ping(conn):
     conn.execute(text("SELECT 1"))
+
+
+# -- pfsync events ------------------------------------------------------------------
+
+SYNC_LOOKUP_COLUMNS = ("pk", "first_seen", "last_seen", "ended_before", "ended_by",
+                       "last_seen_at", "ended_before_at", *DYNAMIC_STATE_FIELDS)
+
+
+def sync_lookup(conn, keys):
+    """{(creatorid, state_id): row in SYNC_LOOKUP_COLUMNS order} of the states among keys,
+    open or closed: what applying pfsync messages to them needs."""
+    if not keys:
+        return {}
+    _temp_table(conn, "pfh_lookup", "creatorid BIGINT, state_id BIGINT")
+    _executemany(conn, "INSERT INTO pfh_lookup VALUES (?, ?)", keys)
+    cols = ", ".join(f"s.{c}" for c in SYNC_LOOKUP_COLUMNS)
+    rows = conn.exec_driver_sql(
+        f"SELECT s.creatorid, s.state_id, {cols} FROM pfh_lookup l JOIN states s "
+        f"ON s.creatorid = l.creatorid AND s.state_id = l.state_id")
+    return {(r[0], r[1]): tuple(r[2:]) for r in rows}
+
+
+def end_states(conn, rows):
+    """Close states pfsync reported removed: rows of (last_seen, last_seen_at,
+    ended_before, ended_before_at, pk); ended_by = 1 marks the time as exact."""
+    _executemany(conn, "UPDATE states SET last_seen = ?, last_seen_at = ?, ended_before = ?, "
+                       "ended_before_at = ?, ended_by = 1 WHERE pk = ?", rows)
+
+
+def refine_ends(conn, rows):
+    """States a collection closed (ended in a window) whose removal pfsync reported:
+    rows of (at, at, pk); the window narrows to that instant."""
+    _executemany(conn, "UPDATE states SET last_seen_at = ?, ended_before_at = ?, "
+                       "ended_by = 1 WHERE pk = ?", rows)
+
+
+def clear_states(conn, creatorid, ifname, collection_id, prev_id, at):
+    """pfsync CLR: end every open state of creatorid (on ifname, unless None) at ``at``.
+    Returns how many."""
+    ph = _ph(conn)
+    where = f"creatorid = {ph} AND ended_before IS NULL"
+    params = [collection_id, collection_id, prev_id, at, collection_id, at, creatorid]
+    if ifname is not None:
+        where += f" AND ifname = {ph}"
+        params.append(ifname)
+    n = conn.exec_driver_sql(
+        f"UPDATE states SET last_seen = CASE WHEN first_seen >= {ph} THEN {ph} ELSE {ph} END, "
+        f"last_seen_at = {ph}, ended_before = {ph}, ended_before_at = {ph}, ended_by = 1 "
+        f"WHERE {where}", tuple(params)).rowcount
+    if ifname is None:
+        conn.exec_driver_sql(f"UPDATE partial_states SET ended_at = {ph} "
+                             f"WHERE creatorid = {ph} AND ended_at IS NULL", (at, creatorid))
+    return n
+
+
+def upsert_partial_states(conn, rows):
+    """Record states known only from compressed messages: rows of (creatorid, state_id,
+    first_at, last_at, ended_at, updates, timeout, src_state, dst_state)."""
+    _executemany(
+        conn,
+        "INSERT INTO partial_states (creatorid, state_id, first_at, last_at, ended_at, "
+        "updates, timeout, src_state, dst_state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (creatorid, state_id) DO UPDATE SET last_at = excluded.last_at, "
+        "ended_at = COALESCE(partial_states.ended_at, excluded.ended_at), "
+        "updates = partial_states.updates + excluded.updates, "
+        "timeout = COALESCE(excluded.timeout, partial_states.timeout), "
+        "src_state = COALESCE(excluded.src_state, partial_states.src_state), "
+        "dst_state = COALESCE(excluded.dst_state, partial_states.dst_state)", rows)
+
+
+def delete_partial_states(conn, keys):
+    """Forget partial states a full record has made states: keys (creatorid, state_id)."""
+    _executemany(conn, "DELETE FROM partial_states WHERE creatorid = ? AND state_id = ?", keys)
+
+
+def count_partial_states(conn):
+    return conn.exec_driver_sql("SELECT count(*) FROM partial_states").scalar()

@@ -34,6 +34,9 @@ def _check_consistent(db):
     con = sqlite3.connect(db)
     try:
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        objects = con.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if objects == 0:
+            return 0    # killed while creating the schema: its transaction rolled back
         rows = con.execute("SELECT id, states, duration_ms FROM collections ORDER BY id").fetchall()
         assert [r[0] for r in rows] == list(range(1, len(rows) + 1))
         if rows:

@@ -1,0 +1,406 @@
+"""Recording pfsync events into the history, in batches, beside the cron collector.
+
+Each batch (N packets or T milliseconds) is one transaction and one collection of kind 1,
+dated by its last packet; messages apply in order, as pf-formats.md section 4.4 says:
+
+- INS and UPD carry a whole record: an unknown state is inserted (created_at is the
+  packet's time minus the record's age), a known one takes the record's values, the
+  previous ones kept as a sample, as a collection would;
+- UPD_C changes a known state's peers and timeout; for a state never seen whole it is
+  recorded in ``partial_states`` (known by identity only), never given invented keys;
+- DEL, DEL_C and CLR end states at the packet's time (``ended_by`` 1): exact, so a
+  snapshot read a moment before is not allowed to reopen them, and a state a collection
+  had closed in a window gets its exact end;
+- INS_ACK, UPD_REQ, BUS and TDB change nothing.
+
+Several messages about one state in a batch collapse to their net effect (samples are per
+batch, as they are per collection). A pfsync-ended state stays ended: later messages about
+it are counted as stale. A malformed packet is counted and skipped whole.
+"""
+
+import socket
+import time
+from collections import Counter
+
+from pfhistory import _native, pfsync, queries
+from pfhistory.collector import _clamped, _Recorder, _signed64
+from pfhistory.db import write_transaction
+from pfhistory.exceptions import PFError
+
+__all__ = ["SyncRecorder", "BatchResult", "DEFAULT_BATCH_PACKETS", "DEFAULT_BATCH_MS"]
+
+DEFAULT_BATCH_PACKETS = 512
+DEFAULT_BATCH_MS = 200
+_U63 = (1 << 63) - 1
+_STATE_ACTIONS = (pfsync.ACT_INS, pfsync.ACT_UPD, pfsync.ACT_UPD_C, pfsync.ACT_DEL,
+                  pfsync.ACT_DEL_C)
+
+
+class _Net:
+    """What one batch says about one state: the last whole record, compressed peers sent
+    after it, the end, and when it was first and last spoken of."""
+
+    __slots__ = ("first_at", "last_at", "full_at", "record", "peers_at", "src", "dst",
+                 "timeout", "updates", "end_at")
+
+    def __init__(self, at):
+        self.first_at = self.last_at = at
+        self.full_at = self.record = self.peers_at = self.end_at = None
+        self.src = self.dst = self.timeout = None
+        self.updates = 0
+
+
+class BatchResult:
+    """Counts of one committed batch."""
+
+    __slots__ = ("collection_id", "collected_at", "packets", "messages", "inserted",
+                 "updated", "reopened", "ended", "partial", "stale", "malformed", "samples")
+
+    def __init__(self):
+        for name in self.__slots__:
+            setattr(self, name, 0)
+
+
+class _Batch(_Recorder):
+    """The collector's insertion of whole records, without its snapshot bookkeeping."""
+
+    def __init__(self, conn, collection_id, collected_at, next_pk, next_addr):
+        self.conn = conn
+        self.t = collected_at
+        self.c = collection_id
+        self.next_pk = next_pk
+        self.next_addr = next_addr
+        self.addr_ids = {}
+        self.inserted = 0
+        self.new_packets = self.new_bytes = 0
+        self.staged_any = False
+        self.creatorids = Counter()
+
+
+class SyncRecorder:
+    """Collects decoded pfsync packets and writes them in batches (``flush``).
+
+    ``origin`` names the source in the collections table ("pfsync em1", a pcap's path).
+    ``add`` takes a datagram (IP header on) or, with ``ip=False``, a bare pfsync packet
+    (a pfsync0 capture); it never raises for bad packets, it counts them.
+    """
+
+    def __init__(self, engine, origin, host=None, batch_packets=DEFAULT_BATCH_PACKETS,
+                 batch_ms=DEFAULT_BATCH_MS):
+        self.engine = engine
+        self.origin = origin
+        self.host = host or socket.gethostname()
+        self.batch_packets = max(1, batch_packets)
+        self.batch_s = max(0, batch_ms) / 1000.0
+        self.pending = []            # (at, messages) of valid packets, in arrival order
+        self.pending_malformed = 0
+        self.first_at = None         # time of the first pending packet (its clock)
+        self.malformed = Counter()   # reason -> packets, since the start
+        self.totals = Counter()
+        self._partials = None        # whether partial_states may hold rows
+
+    # -- receiving -------------------------------------------------------------------
+
+    def add(self, at, data, ip=True, clock=None):
+        """Queue one packet received at ``at`` (epoch seconds). ``clock`` is the time the
+        batch deadline runs on (default ``at``). Returns True when a flush is due."""
+        self.totals["packets"] += 1
+        try:
+            packet = pfsync.decode_ip(data)[1] if ip else pfsync.decode(data)
+        except pfsync.MalformedPacket as e:
+            self.malformed[e.reason] += 1
+            self.pending_malformed += 1
+            packet = None
+        if packet is not None:
+            self.totals["messages"] += len(packet.messages)
+            if packet.messages:
+                self.pending.append((at, packet.messages))
+        if self.first_at is None:
+            self.first_at = at if clock is None else clock
+        return self.due(at if clock is None else clock)
+
+    def due(self, now):
+        """True when the pending packets should be written (N packets or T ms)."""
+        if self.first_at is None:
+            return False
+        return (len(self.pending) + self.pending_malformed >= self.batch_packets
+                or now - self.first_at >= self.batch_s)
+
+    # -- writing ---------------------------------------------------------------------
+
+    def flush(self):
+        """Write the pending packets as one transaction; returns a BatchResult or None.
+        On a database error the packets stay pending (and the error is raised)."""
+        if not self.pending and not self.pending_malformed:
+            self.first_at = None
+            return None
+        started = time.monotonic()
+        result = BatchResult()
+        with write_transaction(self.engine) as conn:
+            self._write(conn, result)
+            result.malformed = self.pending_malformed
+            queries.finish_collection(conn, result.collection_id, {
+                "states": result.messages, "inserted": result.inserted,
+                "updated": result.updated, "reopened": result.reopened,
+                "closed": result.ended, "samples": result.samples,
+                "malformed": result.malformed,
+                "duration_ms": int((time.monotonic() - started) * 1000)})
+        self.totals.update({k: getattr(result, k) for k in (
+            "inserted", "updated", "reopened", "ended", "partial", "stale", "samples")})
+        self.totals["batches"] += 1
+        self.pending = []
+        self.pending_malformed = 0
+        self.first_at = None
+        return result
+
+    def _write(self, conn, result):
+        newest = queries.latest_collection(conn)
+        last_at = max((at for at, _m in self.pending), default=None)
+        at = int(last_at) if last_at is not None else (newest[1] if newest else 0)
+        if newest is not None and at < newest[1]:
+            # Collections never go back in time: a batch received while a snapshot was
+            # being recorded is dated no earlier than it (its events keep their times).
+            at = newest[1]
+        collection_id, next_pk, next_addr = queries.next_ids(conn)
+        queries.insert_collection(conn, {
+            "id": collection_id, "collected_at": at, "kind": 1, "source": self.origin,
+            "host": self.host, "creatorid": None, "states": 0, "inserted": 0, "updated": 0,
+            "reopened": 0, "closed": 0, "packets": 0, "bytes": 0, "samples": 0,
+            "duration_ms": 0, "malformed": 0})
+        result.collection_id, result.collected_at = collection_id, at
+        result.packets = len(self.pending) + self.pending_malformed
+        batch = _Batch(conn, collection_id, at, next_pk, next_addr)
+        if self._partials is None:
+            self._partials = queries.count_partial_states(conn) > 0
+        prev_id = newest[0] if newest else collection_id
+        segment = {}
+        creators = Counter()
+        for at_pkt, messages in self.pending:
+            for m in messages:
+                if m.action in _STATE_ACTIONS:
+                    result.messages += 1
+                    creators[m.creatorid] += 1
+                    _merge(segment, m, at_pkt)
+                elif m.action == pfsync.ACT_CLR:
+                    result.messages += 1
+                    self._apply(conn, batch, segment, prev_id, result)
+                    segment = {}
+                    result.ended += queries.clear_states(
+                        conn, m.creatorid, _ifname(m.ifname), collection_id, prev_id,
+                        int(at_pkt))
+        self._apply(conn, batch, segment, prev_id, result)
+        if creators:
+            queries.finish_collection(conn, collection_id,
+                                      {"creatorid": creators.most_common(1)[0][0],
+                                       "packets": min(batch.new_packets, _U63),
+                                       "bytes": min(batch.new_bytes, _U63)})
+
+    def _apply(self, conn, batch, segment, prev_id, result):
+        """Apply one run of state messages (between CLRs) to the history."""
+        if not segment:
+            return
+        c = batch.c
+        keys = list(segment)
+        signed = {k: (k[0], _signed64([k[1]])[0]) for k in keys}
+        known = queries.sync_lookup(conn, [signed[k] for k in keys])
+        full = [k for k in keys if segment[k].record is not None]
+        staged, reopen, ends, refine, partial, ended_pks = [], [], [], [], [], {}
+        if full:
+            cols = _native.decode(b"".join(segment[k].record for k in full))
+            times = [int(segment[k].full_at) for k in full]
+            created = [t - x for t, x in zip(times, cols["creation"])]
+            expires = [t + x for t, x in zip(times, cols["expire"])]
+            sids = _signed64(cols["id"])
+            new = []
+            for i, k in enumerate(full):
+                net = segment[k]
+                row = known.get(signed[k])
+                if row is None:
+                    new.append(i)
+                    continue
+                pk, first_seen, last_seen, ended_before, ended_by = row[:5]
+                if ended_by is not None:
+                    result.stale += 1
+                    continue
+                if ended_before is not None:
+                    reopen.append((pk, last_seen, ended_before))
+                staged.append(_staged_from_record(cols, i, pk, created[i], expires[i], net))
+                if net.end_at is not None:
+                    ended_pks[k] = (pk, first_seen)
+            if new:
+                first_pk = batch.next_pk
+                batch._insert(cols, new, sids, created, expires)
+                result.inserted += len(new)
+                for j, i in enumerate(new):
+                    k = full[i]
+                    net = segment[k]
+                    if net.peers_at is not None:
+                        staged.append(_staged_from_record(cols, i, first_pk + j, created[i],
+                                                          expires[i], net))
+                    if net.end_at is not None:
+                        ended_pks[k] = (first_pk + j, c)
+            if self._partials:
+                queries.delete_partial_states(conn, [signed[k] for k in full])
+        for k in keys:
+            net = segment[k]
+            if net.record is not None:
+                continue
+            row = known.get(signed[k])
+            if row is None:
+                partial.append((k[0], signed[k][1], int(net.first_at), int(net.last_at),
+                                None if net.end_at is None else int(net.end_at), net.updates,
+                                net.timeout, net.src[5] if net.src else None,
+                                net.dst[5] if net.dst else None))
+                continue
+            pk, first_seen, last_seen, ended_before, ended_by = row[:5]
+            if ended_by is not None:
+                result.stale += 1
+                continue
+            if net.peers_at is not None:
+                if ended_before is not None:
+                    reopen.append((pk, last_seen, ended_before))
+                staged.append(_staged_from_row(row, net))
+                if net.end_at is not None:
+                    ended_pks[k] = (pk, first_seen)
+            elif net.end_at is not None:
+                if ended_before is None:
+                    ended_pks[k] = (pk, first_seen)
+                else:
+                    # A collection closed it in a window; pfsync knows the instant.
+                    last_at, before_at = row[5], row[6]
+                    end = int(net.end_at)
+                    if last_at is not None and last_at <= end <= before_at:
+                        refine.append((end, end, pk))
+                        result.ended += 1
+                    else:
+                        result.stale += 1
+        if reopen:
+            queries.reopen_states(conn, reopen, c)
+            result.reopened += len(reopen)
+        if staged:
+            queries.stage(conn, staged, first=True)
+            _p, _b, samples = queries.apply_staged(conn, c)
+            result.samples += samples
+            result.updated += len(staged)
+        for k, (pk, first_seen) in ended_pks.items():
+            # Seen until the collection before this batch, or only in this one.
+            end = int(segment[k].end_at)
+            ends.append((c if first_seen >= c else prev_id, end, c, end, pk))
+        if ends:
+            queries.end_states(conn, ends)
+            result.ended += len(ends)
+        if refine:
+            queries.refine_ends(conn, refine)
+        if partial:
+            queries.upsert_partial_states(conn, partial)
+            self._partials = True
+            result.partial += len(partial)
+
+
+def _merge(segment, m, at):
+    """Fold one state message into its state's net effect for this batch."""
+    key = (m.creatorid, m.id)
+    net = segment.get(key)
+    if net is None:
+        net = segment[key] = _Net(at)
+    net.last_at = at
+    if net.end_at is not None:
+        return                      # nothing comes back after its removal
+    if m.action in (pfsync.ACT_INS, pfsync.ACT_UPD):
+        net.full_at, net.record = at, m.record
+        net.peers_at = net.src = net.dst = net.timeout = None
+    elif m.action == pfsync.ACT_UPD_C:
+        net.peers_at, net.src, net.dst, net.timeout = at, m.src, m.dst, m.timeout
+        net.updates += 1
+    else:
+        net.end_at = at
+
+
+_PEERS = ("seqlo", "seqhi", "seqdiff", "max_win", "mss", "state", "wscale", "pfss_flags",
+          "pfss_ttl", "scrub_flag", "pfss_ts_mod")
+
+
+def _staged_from_record(cols, i, pk, created, expires, net):
+    """A staged row (queries.STAGED_COLUMNS) from record i, with later UPD_C peers."""
+    def v(name):
+        return cols[name][i]
+
+    src = tuple(v(f"src_{f}") for f in _PEERS)
+    dst = tuple(v(f"dst_{f}") for f in _PEERS)
+    timeout, dyn = v("timeout"), v("dyn_hash")
+    if net.peers_at is not None:
+        src, dst, timeout, dyn = net.src, net.dst, net.timeout, 0
+    return (pk, dyn, created, expires,
+            *_clamped([v("packets0"), v("packets1"), v("bytes0"), v("bytes1")]),
+            timeout, v("sync_flags"), v("updates"), v("state_flags"), *src, *dst)
+
+
+def _staged_from_row(row, net):
+    """A staged row from a state's stored values and an UPD_C's peers and timeout.
+    dyn_hash 0 is "not known": the next snapshot compares unequal and records its values."""
+    values = dict(zip(queries.SYNC_LOOKUP_COLUMNS, row))
+    return (values["pk"], 0, values["created_at"], values["expires_at"], values["packets0"],
+            values["packets1"], values["bytes0"], values["bytes1"], net.timeout,
+            values["sync_flags"], values["updates"], values["state_flags"], *net.src, *net.dst)
+
+
+def _ifname(raw):
+    """A CLR's interface as states store it (pfctl's escaped text), or None for all."""
+    if not raw:
+        return None
+    from pfhistory.pf import ifname_text
+
+    return ifname_text(raw.ljust(16, b"\0"))
+
+
+def check_not_older(engine, first_at, origin):
+    """Refuse a capture older than the history's newest collection, before writing."""
+    from datetime import datetime, timezone
+
+    with engine.connect() as conn:
+        newest = queries.latest_collection(conn)
+    if newest is not None and first_at is not None and int(first_at) < newest[1]:
+        def iso(t):
+            return datetime.fromtimestamp(t, timezone.utc).isoformat()
+
+        raise PFError(f"{origin}: its first packet ({iso(first_at)}) is older than the newest "
+                      f"collection ({iso(newest[1])}); the history only moves forward, so "
+                      f"older captures are refused")
+
+
+def ingest_capture(engine, path, batch_packets=DEFAULT_BATCH_PACKETS,
+                   batch_ms=DEFAULT_BATCH_MS, host=None):
+    """Record a pcap/pcapng capture of pfsync traffic, batched by packet time as a
+    listener would have. The file is read through once before anything is written, so a
+    file that is not a readable capture changes nothing. Returns the SyncRecorder (its
+    ``totals`` and ``malformed`` counters)."""
+    import os
+
+    from pfhistory import capture
+
+    path = os.fspath(path)
+    first_at = None
+    for frame in capture.read_frames(path):
+        if frame.kind in (capture.KIND_IP, capture.KIND_PFSYNC):
+            first_at = frame.at
+            break
+    for _frame in capture.read_frames(path):
+        pass
+    check_not_older(engine, first_at, path)
+    recorder = SyncRecorder(engine, os.path.abspath(path), host=host,
+                            batch_packets=batch_packets, batch_ms=batch_ms)
+    for frame in capture.read_frames(path):
+        if frame.kind == capture.KIND_TRUNCATED:
+            recorder.totals["packets"] += 1
+            recorder.malformed["truncated"] += 1
+            recorder.pending_malformed += 1
+            continue
+        if frame.kind == capture.KIND_OTHER:
+            recorder.totals["other"] += 1
+            continue
+        if recorder.first_at is not None and frame.at - recorder.first_at >= recorder.batch_s:
+            recorder.flush()
+        if recorder.add(frame.at, frame.data, ip=frame.kind == capture.KIND_IP):
+            recorder.flush()
+    recorder.flush()
+    return recorder
