@@ -540,6 +540,66 @@ def _cmd_show(args):
     return 0
 
 
+def _add_listen(sub):
+    p = sub.add_parser(
+        "listen",
+        help="record pfsync traffic as it arrives (every state, even short ones)",
+        description="Listen for pfsync(4) packets (IP protocol 240) from OpenBSD firewalls, "
+                    "on the firewall itself or any Linux or OpenBSD host on the sync "
+                    "network, and record every state insert, update and removal into the "
+                    "history, one transaction per batch. Joins 224.0.0.240 on --iface; "
+                    "unicast from a sync peer (syncpeer) is accepted too. Runs beside the "
+                    "cron collector on the same database. SIGTERM or SIGINT writes what was "
+                    "received, then exits. Needs root (a raw socket).",
+        epilog="Examples:\n  pfhistory listen --iface em1\n"
+               "  pfhistory listen --iface em1 --db /var/db/pfhistory/history.db -v\n"
+               "  pfhistory listen --iface vio1 --write-pcap /tmp/pfsync.pcap\n",
+    )
+    _add_db_option(p)
+    p.add_argument("--iface", metavar="NAME", help="the sync interface (joins 224.0.0.240 on it)")
+    _add_batch_options(p)
+    p.add_argument("--write-pcap", metavar="FILE",
+                   help="also write every packet received to a pcap file (receive times)")
+    p.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
+                   help="how long one write waits for the cron collector (default 30)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="say when listening starts, and the counts when it stops")
+    p.add_argument("--syslog", action="store_true", help="also log to syslog")
+    p.set_defaults(func=_cmd_listen)
+
+
+def _cmd_listen(args):
+    from pfhistory.db import require_current_schema
+    from pfhistory.listener import Listener
+    from pfhistory.syncsocket import open_receiver
+
+    sock = open_receiver(args.iface)       # refuse a bad interface before any database
+    try:
+        url, engine = _open_db(args.db, create=True, wait=args.wait)
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        require_current_schema(engine, url, create=True)
+        _owner_only(url)
+
+        def log(line):
+            if args.verbose:
+                print(f"{PROG}: {line}", file=sys.stderr, flush=True)
+                if args.syslog:
+                    _syslog(line)
+
+        listener = Listener(engine, url, iface=args.iface, batch_packets=args.batch_packets,
+                            batch_ms=args.batch_ms, write_pcap=args.write_pcap, log=log,
+                            sock=sock)
+        recorder = listener.run()
+        log(f"stopped: {_pfsync_summary(recorder)}")
+    finally:
+        engine.dispose()
+        _owner_only(url)
+    return 0
+
+
 def build_parser():
     """The whole command line, for main() and the documentation test."""
     parser = _Parser(
@@ -558,6 +618,7 @@ def build_parser():
     _add_prune(sub)
     _add_summary(sub)
     _add_show(sub)
+    _add_listen(sub)
     return parser
 
 

@@ -61,16 +61,24 @@ def open_receiver(iface=None):
             s.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), _RCVBUF)
         except OSError:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
+        group = socket.inet_aton(PFSYNC_GROUP)
         if iface is not None:
-            local = interface_address(iface)
-            if local is None:
-                local = socket.inet_aton("0.0.0.0")
-            mreq = socket.inet_aton(PFSYNC_GROUP) + local
+            local = interface_address(iface) or socket.inet_aton("0.0.0.0")
             try:
-                s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
+                s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, group + local)
             except OSError as e:
                 raise SocketError(f"--iface {iface}: cannot join {PFSYNC_GROUP}: "
                                   f"{_why(e)}") from None
+            if hasattr(socket, "SO_BINDTODEVICE"):
+                # Linux: only what arrives on that interface, as pfsync_input() checks
+                # the sync device. (OpenBSD has no such option; the join selects it.)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, iface.encode())
+        else:
+            try:
+                s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+                             group + socket.inet_aton("0.0.0.0"))
+            except OSError:
+                pass    # no multicast route: unicast from a sync peer still arrives
     except BaseException:
         s.close()
         raise
