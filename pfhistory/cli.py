@@ -560,6 +560,9 @@ def _add_listen(sub):
     _add_batch_options(p)
     p.add_argument("--write-pcap", metavar="FILE",
                    help="also write every packet received to a pcap file (receive times)")
+    p.add_argument("--sample-retention", default="24h", metavar="DURATION",
+                   help="how long the values states had before each change are kept "
+                        "(default 24h)")
     p.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
                    help="how long one write waits for the cron collector (default 30)")
     p.add_argument("-v", "--verbose", action="store_true",
@@ -572,7 +575,9 @@ def _cmd_listen(args):
     from pfhistory.db import require_current_schema
     from pfhistory.listener import Listener
     from pfhistory.syncsocket import open_receiver
+    from pfhistory.timespec import parse_duration
 
+    retention = int(parse_duration(args.sample_retention, "--sample-retention"))
     sock = open_receiver(args.iface)       # refuse a bad interface before any database
     try:
         url, engine = _open_db(args.db, create=True, wait=args.wait)
@@ -591,7 +596,7 @@ def _cmd_listen(args):
 
         listener = Listener(engine, url, iface=args.iface, batch_packets=args.batch_packets,
                             batch_ms=args.batch_ms, write_pcap=args.write_pcap, log=log,
-                            sock=sock)
+                            sock=sock, sample_retention=retention)
         recorder = listener.run()
         log(f"stopped: {_pfsync_summary(recorder)}")
     finally:

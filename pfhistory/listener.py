@@ -14,7 +14,8 @@ import socket
 import threading
 import time
 
-from pfhistory.db import describe_db_error, is_db_error
+from pfhistory.collector import DEFAULT_SAMPLE_RETENTION, expire_samples
+from pfhistory.db import describe_db_error, is_db_error, write_transaction
 from pfhistory.exceptions import PFError
 from pfhistory.syncrecorder import SyncRecorder
 from pfhistory.syncsocket import open_receiver
@@ -26,14 +27,18 @@ _POLL_S = 0.1              # how often the receiver looks at the stop flag
 _GIVE_UP_AFTER = 600.0     # seconds of failing writes before giving up
 _QUIET_S = 0.1             # when stopping: silence that ends the last reads
 _DRAIN_MAX_S = 1.0         # and the most time they may take
+_EXPIRE_EVERY_S = 60.0     # how often samples past the retention are dropped
 
 
 class Listener:
     """Receive pfsync datagrams on a raw socket and record them in batches."""
 
     def __init__(self, engine, url, iface=None, batch_packets=512, batch_ms=200,
-                 write_pcap=None, log=None, sock=None):
+                 write_pcap=None, log=None, sock=None,
+                 sample_retention=DEFAULT_SAMPLE_RETENTION):
         self.engine = engine
+        self.sample_retention = sample_retention
+        self._expired_at = time.monotonic()
         self.url = url
         self.iface = iface
         self.sock = sock if sock is not None else open_receiver(iface)
@@ -109,6 +114,7 @@ class Listener:
                     try:
                         rec.flush()
                         failing_since = None
+                        self._expire_samples()
                     except Exception as e:
                         if not is_db_error(e) or stopping:
                             raise
@@ -139,6 +145,15 @@ class Listener:
         if self.receive_error is not None:
             raise PFError(f"receiving pfsync failed: {self.receive_error.strerror}")
         return self.recorder
+
+    def _expire_samples(self):
+        """Every minute, drop samples older than the retention, a bounded amount at a
+        time (each batch writes one sample per changed state, as a collection does)."""
+        if time.monotonic() - self._expired_at < _EXPIRE_EVERY_S:
+            return
+        self._expired_at = time.monotonic()
+        with write_transaction(self.engine) as conn:
+            expire_samples(conn, int(time.time()) - self.sample_retention, max_batches=5)
 
     def _drain(self):
         queue, add, pcap = self.queue, self.recorder.add, self.pcap

@@ -12,6 +12,7 @@ A packet is either decoded whole or refused whole (MalformedPacket, with a short
 a counter can key on): nothing of a refused packet is ever applied.
 """
 
+import operator
 import struct
 from typing import NamedTuple
 
@@ -89,6 +90,12 @@ _ID_CREATOR = struct.Struct(">QI")          # ins_ack, upd_req, del_c: id, creat
 _CLR = struct.Struct(">16sI")
 _BUS = struct.Struct(">IIB3x")
 _UPD_C = struct.Struct(">Q32s32sIIBB2x")    # id, src, dst, creatorid, expire, timeout, flags
+# The same message with both peers' fields (records.PEER) spread out, read in one call.
+_UPD_C_FIELDS = struct.Struct(">Q" + PEER.format.lstrip("<>!=@") * 2 + "IIBB2x")
+# Indexes of each peer's fields in PEER_FIELDS order (seqlo ... wscale, then the scrub
+# fields that lead the struct), and of creatorid and timeout.
+_SRC = operator.itemgetter(5, 6, 7, 8, 9, 10, 11, 1, 2, 3, 4)
+_DST = operator.itemgetter(16, 17, 18, 19, 20, 21, 22, 12, 13, 14, 15)
 _REC_ID = struct.Struct(">Q")               # a record's id at offset 0
 _REC_CREATOR = struct.Struct(">I")          # its creatorid at offset 236
 _IPV4 = struct.Struct(">BBHHHBBH4s4s")
@@ -138,13 +145,6 @@ class Packet(NamedTuple):
 
 def _name(action):
     return ACTION_NAMES[action] if action < ACT_MAX else f"action {action}"
-
-
-def _peer(raw):
-    """An UPD_C peer's fields in PEER_FIELDS order (seqlo ... pfss_ts_mod)."""
-    flags, ttl, scrub_flag, ts_mod, seqlo, seqhi, seqdiff, max_win, mss, state, wscale = \
-        PEER.unpack(raw)
-    return (seqlo, seqhi, seqdiff, max_win, mss, state, wscale, flags, ttl, scrub_flag, ts_mod)
 
 
 def _check_record(rec, action):
@@ -219,12 +219,13 @@ def _decode_block(action, data, off, end, mlen, out):
             append(Message(action, _REC_CREATOR.unpack_from(rec, 236)[0],
                            _REC_ID.unpack_from(rec)[0], rec))
     elif action == ACT_UPD_C:
+        unpack = _UPD_C_FIELDS.unpack_from
         for o in range(off, end, mlen):
-            sid, src, dst, creatorid, _expire, timeout, _flags = _UPD_C.unpack_from(data, o)
-            if timeout >= PFTM_MAX or src[24] > PF_TCPS_PROXY_DST or dst[24] > PF_TCPS_PROXY_DST:
+            v = unpack(data, o)
+            timeout = v[25]
+            if timeout >= PFTM_MAX or v[10] > PF_TCPS_PROXY_DST or v[21] > PF_TCPS_PROXY_DST:
                 raise MalformedPacket("value", "UPD_C: timeout or peer state out of range")
-            append(Message(action, creatorid, sid, src=_peer(src), dst=_peer(dst),
-                           timeout=timeout))
+            append(Message(action, v[23], v[0], b"", _SRC(v), _DST(v), timeout))
     elif action in (ACT_DEL_C, ACT_INS_ACK, ACT_UPD_REQ):
         for o in range(off, end, mlen):
             sid, creatorid = _ID_CREATOR.unpack_from(data, o)

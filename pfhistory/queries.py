@@ -30,7 +30,9 @@ __all__ = [
     "close_states", "reopen_states", "expire_samples", "prune_states_batch",
     "prune_orphan_addresses", "get_setting", "set_setting", "counts",
     "SYNC_LOOKUP_COLUMNS", "sync_lookup", "end_states", "refine_ends", "clear_states",
-    "upsert_partial_states", "delete_partial_states", "count_partial_states",
+    "delete_partial_states", "count_partial_states",
+    "COMPRESSED_COLUMNS", "stage_compressed", "compressed_closed", "compressed_partial",
+    "apply_compressed",
 ]
 
 # Column orders of the rows the collector builds.
@@ -168,14 +170,14 @@ def stage(conn, rows, first=False):
     _executemany(conn, _insert_sql("pfh_incoming", STAGED_COLUMNS), rows)
 
 
-def apply_staged(conn, collection_id):
+def apply_staged(conn, collection_id, count_moved=True):
     """Move the staged states' previous values to samples and take the new ones.
 
     Returns (packets, bytes) the staged states moved since their previous
-    values (never negative per state).
+    values (never negative per state; 0, 0 unless count_moved), and the samples written.
     """
     ph = _ph(conn)
-    moved = conn.exec_driver_sql(
+    moved = (0, 0) if not count_moved else conn.exec_driver_sql(
         "SELECT COALESCE(SUM("
         "CASE WHEN i.packets0 > s.packets0 THEN i.packets0 - s.packets0 ELSE 0 END + "
         "CASE WHEN i.packets1 > s.packets1 THEN i.packets1 - s.packets1 ELSE 0 END), 0), "
@@ -554,8 +556,8 @@ def sync_lookup(conn, keys):
     cols = ", ".join(f"s.{c}" for c in SYNC_LOOKUP_COLUMNS)
     rows = conn.exec_driver_sql(
         f"SELECT s.creatorid, s.state_id, {cols} FROM pfh_lookup l JOIN states s "
-        f"ON s.creatorid = l.creatorid AND s.state_id = l.state_id")
-    return {(r[0], r[1]): tuple(r[2:]) for r in rows}
+        f"ON s.creatorid = l.creatorid AND s.state_id = l.state_id").cursor.fetchall()
+    return {(r[0], r[1]): r[2:] for r in rows}
 
 
 def end_states(conn, rows):
@@ -591,21 +593,6 @@ def clear_states(conn, creatorid, ifname, collection_id, prev_id, at):
     return n
 
 
-def upsert_partial_states(conn, rows):
-    """Record states known only from compressed messages: rows of (creatorid, state_id,
-    first_at, last_at, ended_at, updates, timeout, src_state, dst_state)."""
-    _executemany(
-        conn,
-        "INSERT INTO partial_states (creatorid, state_id, first_at, last_at, ended_at, "
-        "updates, timeout, src_state, dst_state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT (creatorid, state_id) DO UPDATE SET last_at = excluded.last_at, "
-        "ended_at = COALESCE(partial_states.ended_at, excluded.ended_at), "
-        "updates = partial_states.updates + excluded.updates, "
-        "timeout = COALESCE(excluded.timeout, partial_states.timeout), "
-        "src_state = COALESCE(excluded.src_state, partial_states.src_state), "
-        "dst_state = COALESCE(excluded.dst_state, partial_states.dst_state)", rows)
-
-
 def delete_partial_states(conn, keys):
     """Forget partial states a full record has made states: keys (creatorid, state_id)."""
     _executemany(conn, "DELETE FROM partial_states WHERE creatorid = ? AND state_id = ?", keys)
@@ -613,3 +600,86 @@ def delete_partial_states(conn, keys):
 
 def count_partial_states(conn):
     return conn.exec_driver_sql("SELECT count(*) FROM partial_states").scalar()
+
+
+# Compressed messages (UPD_C, DEL_C) applied set-wise: staged by (creatorid, state_id),
+# never fetched into Python except for the few states already closed.
+COMPRESSED_COLUMNS = ("creatorid", "state_id", "first_at", "last_at", "end_at", "updates",
+                      "has_peers", "timeout", *(f"src_{f}" for f in PEER_FIELDS),
+                      *(f"dst_{f}" for f in PEER_FIELDS))
+_C_JOIN = "s.creatorid = c.creatorid AND s.state_id = c.state_id"
+
+
+def stage_compressed(conn, rows):
+    """Stage the net effect of compressed messages, rows in COMPRESSED_COLUMNS order."""
+    _temp_table(conn, "pfh_sync_c", ", ".join(f"{c} BIGINT" for c in COMPRESSED_COLUMNS))
+    _executemany(conn, _insert_sql("pfh_sync_c", COMPRESSED_COLUMNS), rows)
+
+
+def compressed_closed(conn):
+    """Staged states that are closed: (pk, first_seen, last_seen, ended_before, ended_by,
+    last_seen_at, ended_before_at, has_peers, end_at)."""
+    return conn.exec_driver_sql(
+        f"SELECT s.pk, s.first_seen, s.last_seen, s.ended_before, s.ended_by, s.last_seen_at, "
+        f"s.ended_before_at, c.has_peers, c.end_at FROM pfh_sync_c c JOIN states s "
+        f"ON {_C_JOIN} WHERE s.ended_before IS NOT NULL").cursor.fetchall()
+
+
+def compressed_partial(conn):
+    """Record staged states no full record ever made states; returns how many."""
+    peers = "CASE WHEN c.has_peers = 1 THEN c.{} END"
+    sql = (
+        "INSERT INTO partial_states (creatorid, state_id, first_at, last_at, ended_at, "
+        "updates, timeout, src_state, dst_state) "
+        f"SELECT c.creatorid, c.state_id, c.first_at, c.last_at, c.end_at, c.updates, "
+        f"{peers.format('timeout')}, {peers.format('src_state')}, {peers.format('dst_state')} "
+        f"FROM pfh_sync_c c WHERE NOT EXISTS (SELECT 1 FROM states s WHERE {_C_JOIN}) "
+        "ON CONFLICT (creatorid, state_id) DO UPDATE SET last_at = excluded.last_at, "
+        "ended_at = COALESCE(partial_states.ended_at, excluded.ended_at), "
+        "updates = partial_states.updates + excluded.updates, "
+        "timeout = COALESCE(excluded.timeout, partial_states.timeout), "
+        "src_state = COALESCE(excluded.src_state, partial_states.src_state), "
+        "dst_state = COALESCE(excluded.dst_state, partial_states.dst_state)")
+    return max(conn.exec_driver_sql(sql).rowcount, 0)
+
+
+def apply_compressed(conn, collection_id, prev_id):
+    """Apply staged compressed messages to open states: new peers and timeout (the
+    previous values kept as a sample), then removals at their times (ended_by 1).
+    Returns (updated, samples, ended)."""
+    ph = _ph(conn)
+    dyn = ", ".join(f"s.{f}" for f in DYNAMIC_STATE_FIELDS)
+    peers = ", ".join([f"ps.{f}" for f in PEER_FIELDS] + [f"pd.{f}" for f in PEER_FIELDS])
+    sample_cols = ", ".join(["state_pk", "valid_until", "valid_from", "present",
+                             *DYNAMIC_STATE_FIELDS,
+                             *(f"src_{f}" for f in PEER_FIELDS),
+                             *(f"dst_{f}" for f in PEER_FIELDS)])
+    samples = conn.exec_driver_sql(
+        f"INSERT INTO samples ({sample_cols}) "
+        f"SELECT s.pk, {ph}, s.values_since, 1, {dyn}, {peers} "
+        f"FROM pfh_sync_c c JOIN states s ON {_C_JOIN} "
+        f"JOIN state_peers ps ON ps.state_pk = s.pk AND ps.side = 0 "
+        f"JOIN state_peers pd ON pd.state_pk = s.pk AND pd.side = 1 "
+        f"WHERE c.has_peers = 1 AND s.ended_before IS NULL AND s.values_since < {ph}",
+        (collection_id, collection_id)).rowcount
+    for side, prefix in ((0, "src_"), (1, "dst_")):
+        sets = ", ".join(f"{f} = c.{prefix}{f}" for f in PEER_FIELDS)
+        conn.exec_driver_sql(
+            f"UPDATE state_peers SET {sets} FROM pfh_sync_c c JOIN states s ON {_C_JOIN} "
+            f"WHERE state_peers.state_pk = s.pk AND state_peers.side = {side} "
+            f"AND c.has_peers = 1 AND s.ended_before IS NULL")
+    # dyn_hash 0 is "not known": the next snapshot compares unequal and records its values.
+    updated = conn.exec_driver_sql(
+        f"UPDATE states SET timeout = c.timeout, dyn_hash = 0, values_since = {ph} "
+        f"FROM pfh_sync_c c WHERE states.creatorid = c.creatorid "
+        f"AND states.state_id = c.state_id AND c.has_peers = 1 "
+        f"AND states.ended_before IS NULL", (collection_id,)).rowcount
+    ended = conn.exec_driver_sql(
+        f"UPDATE states SET last_seen = CASE WHEN states.first_seen >= {ph} THEN {ph} "
+        f"ELSE {ph} END, last_seen_at = c.end_at, ended_before = {ph}, "
+        f"ended_before_at = c.end_at, ended_by = 1 "
+        f"FROM pfh_sync_c c WHERE states.creatorid = c.creatorid "
+        f"AND states.state_id = c.state_id AND c.end_at IS NOT NULL "
+        f"AND states.ended_before IS NULL",
+        (collection_id, collection_id, prev_id, collection_id)).rowcount
+    return max(updated, 0), max(samples, 0), max(ended, 0)

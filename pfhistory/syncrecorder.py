@@ -32,6 +32,7 @@ __all__ = ["SyncRecorder", "BatchResult", "DEFAULT_BATCH_PACKETS", "DEFAULT_BATC
 DEFAULT_BATCH_PACKETS = 512
 DEFAULT_BATCH_MS = 200
 _U63 = (1 << 63) - 1
+_U64 = 1 << 64
 _STATE_ACTIONS = (pfsync.ACT_INS, pfsync.ACT_UPD, pfsync.ACT_UPD_C, pfsync.ACT_DEL,
                   pfsync.ACT_DEL_C)
 
@@ -175,20 +176,37 @@ class SyncRecorder:
         prev_id = newest[0] if newest else collection_id
         segment = {}
         creators = Counter()
+        n_state = 0
+        upd_c = pfsync.ACT_UPD_C
         for at_pkt, messages in self.pending:
             for m in messages:
-                if m.action in _STATE_ACTIONS:
-                    result.messages += 1
-                    creators[m.creatorid] += 1
+                action = m.action
+                if action == upd_c:
+                    # The common case, inline: compressed updates of live states.
+                    n_state += 1
+                    key = (m.creatorid, m.id)
+                    net = segment.get(key)
+                    if net is None:
+                        net = segment[key] = _Net(at_pkt)
+                    net.last_at = at_pkt
+                    if net.end_at is None:
+                        net.peers_at, net.src, net.dst, net.timeout = (at_pkt, m.src, m.dst,
+                                                                       m.timeout)
+                        net.updates += 1
+                elif action in _STATE_ACTIONS:
+                    n_state += 1
                     _merge(segment, m, at_pkt)
-                elif m.action == pfsync.ACT_CLR:
+                elif action == pfsync.ACT_CLR:
                     result.messages += 1
+                    creators.update(k[0] for k in segment)
                     self._apply(conn, batch, segment, prev_id, result)
                     segment = {}
                     result.ended += queries.clear_states(
                         conn, m.creatorid, _ifname(m.ifname), collection_id, prev_id,
                         int(at_pkt))
+        creators.update(k[0] for k in segment)
         self._apply(conn, batch, segment, prev_id, result)
+        result.messages += n_state
         if creators:
             queries.finish_collection(conn, collection_id,
                                       {"creatorid": creators.most_common(1)[0][0],
@@ -196,105 +214,107 @@ class SyncRecorder:
                                        "bytes": min(batch.new_bytes, _U63)})
 
     def _apply(self, conn, batch, segment, prev_id, result):
-        """Apply one run of state messages (between CLRs) to the history."""
+        """Apply one run of state messages (between CLRs) to the history: states some
+        whole record speaks of through the collector's insertion, the others set-wise."""
         if not segment:
             return
-        c = batch.c
-        keys = list(segment)
-        signed = {k: (k[0], _signed64([k[1]])[0]) for k in keys}
-        known = queries.sync_lookup(conn, [signed[k] for k in keys])
-        full = [k for k in keys if segment[k].record is not None]
-        staged, reopen, ends, refine, partial, ended_pks = [], [], [], [], [], {}
+        full, compressed = [], []
+        for k, net in segment.items():
+            (full if net.record is not None else compressed).append(k)
         if full:
-            cols = _native.decode(b"".join(segment[k].record for k in full))
-            times = [int(segment[k].full_at) for k in full]
-            created = [t - x for t, x in zip(times, cols["creation"])]
-            expires = [t + x for t, x in zip(times, cols["expire"])]
-            sids = _signed64(cols["id"])
-            new = []
-            for i, k in enumerate(full):
-                net = segment[k]
-                row = known.get(signed[k])
-                if row is None:
-                    new.append(i)
-                    continue
-                pk, first_seen, last_seen, ended_before, ended_by = row[:5]
-                if ended_by is not None:
-                    result.stale += 1
-                    continue
-                if ended_before is not None:
-                    reopen.append((pk, last_seen, ended_before))
-                staged.append(_staged_from_record(cols, i, pk, created[i], expires[i], net))
-                if net.end_at is not None:
-                    ended_pks[k] = (pk, first_seen)
-            if new:
-                first_pk = batch.next_pk
-                batch._insert(cols, new, sids, created, expires)
-                result.inserted += len(new)
-                for j, i in enumerate(new):
-                    k = full[i]
-                    net = segment[k]
-                    if net.peers_at is not None:
-                        staged.append(_staged_from_record(cols, i, first_pk + j, created[i],
-                                                          expires[i], net))
-                    if net.end_at is not None:
-                        ended_pks[k] = (first_pk + j, c)
-            if self._partials:
-                queries.delete_partial_states(conn, [signed[k] for k in full])
-        for k in keys:
+            self._apply_full(conn, batch, segment, full, prev_id, result)
+        if compressed:
+            self._apply_compressed(conn, batch.c, segment, compressed, prev_id, result)
+
+    def _apply_full(self, conn, batch, segment, full, prev_id, result):
+        c = batch.c
+        signed = {k: (k[0], k[1] - _U64 if k[1] > _U63 else k[1]) for k in full}
+        known = queries.sync_lookup(conn, list(signed.values()))
+        staged, reopen, ends = [], [], []
+        cols = _native.decode(b"".join(segment[k].record for k in full))
+        times = [int(segment[k].full_at) for k in full]
+        created = [t - x for t, x in zip(times, cols["creation"])]
+        expires = [t + x for t, x in zip(times, cols["expire"])]
+        sids = _signed64(cols["id"])
+        new = []
+        for i, k in enumerate(full):
             net = segment[k]
-            if net.record is not None:
-                continue
             row = known.get(signed[k])
             if row is None:
-                partial.append((k[0], signed[k][1], int(net.first_at), int(net.last_at),
-                                None if net.end_at is None else int(net.end_at), net.updates,
-                                net.timeout, net.src[5] if net.src else None,
-                                net.dst[5] if net.dst else None))
+                new.append(i)
                 continue
             pk, first_seen, last_seen, ended_before, ended_by = row[:5]
             if ended_by is not None:
-                result.stale += 1
+                result.stale += 1           # pfsync ended it: it stays ended
                 continue
-            if net.peers_at is not None:
-                if ended_before is not None:
-                    reopen.append((pk, last_seen, ended_before))
-                staged.append(_staged_from_row(row, net))
+            if ended_before is not None:
+                reopen.append((pk, last_seen, ended_before))
+            staged.append(_staged_from_record(cols, i, pk, created[i], expires[i], net))
+            if net.end_at is not None:
+                ends.append((c if first_seen >= c else prev_id, int(net.end_at), c,
+                             int(net.end_at), pk))
+        if new:
+            first_pk = batch.next_pk
+            batch._insert(cols, new, sids, created, expires)
+            result.inserted += len(new)
+            for j, i in enumerate(new):
+                net = segment[full[i]]
+                if net.peers_at is not None:
+                    staged.append(_staged_from_record(cols, i, first_pk + j, created[i],
+                                                      expires[i], net))
                 if net.end_at is not None:
-                    ended_pks[k] = (pk, first_seen)
-            elif net.end_at is not None:
-                if ended_before is None:
-                    ended_pks[k] = (pk, first_seen)
-                else:
-                    # A collection closed it in a window; pfsync knows the instant.
-                    last_at, before_at = row[5], row[6]
-                    end = int(net.end_at)
-                    if last_at is not None and last_at <= end <= before_at:
-                        refine.append((end, end, pk))
-                        result.ended += 1
-                    else:
-                        result.stale += 1
+                    ends.append((c, int(net.end_at), c, int(net.end_at), first_pk + j))
+        if self._partials:
+            queries.delete_partial_states(conn, list(signed.values()))
         if reopen:
             queries.reopen_states(conn, reopen, c)
             result.reopened += len(reopen)
         if staged:
             queries.stage(conn, staged, first=True)
-            _p, _b, samples = queries.apply_staged(conn, c)
+            _p, _b, samples = queries.apply_staged(conn, c, count_moved=False)
             result.samples += samples
             result.updated += len(staged)
-        for k, (pk, first_seen) in ended_pks.items():
-            # Seen until the collection before this batch, or only in this one.
-            end = int(segment[k].end_at)
-            ends.append((c if first_seen >= c else prev_id, end, c, end, pk))
         if ends:
             queries.end_states(conn, ends)
             result.ended += len(ends)
+
+    def _apply_compressed(self, conn, c, segment, keys, prev_id, result):
+        """UPD_C and DEL_C of states no whole record in this run speaks of."""
+        rows = []
+        no_peers = (None,) * 11
+        for k in keys:
+            net = segment[k]
+            has = net.peers_at is not None
+            rows.append((k[0], k[1] - _U64 if k[1] > _U63 else k[1], int(net.first_at),
+                         int(net.last_at), None if net.end_at is None else int(net.end_at),
+                         net.updates, int(has), net.timeout,
+                         *(net.src if has else no_peers), *(net.dst if has else no_peers)))
+        queries.stage_compressed(conn, rows)
+        reopen, refine = [], []
+        for (pk, _first, last_seen, ended_before, ended_by, last_at, before_at, has_peers,
+             end_at) in queries.compressed_closed(conn):
+            if ended_by is not None:
+                result.stale += 1           # pfsync ended it: it stays ended
+            elif has_peers:
+                reopen.append((pk, last_seen, ended_before))    # news of a live state
+            elif last_at is not None and last_at <= end_at <= before_at:
+                refine.append((end_at, end_at, pk))             # the window's instant
+            else:
+                result.stale += 1
+        if reopen:
+            queries.reopen_states(conn, reopen, c)
+            result.reopened += len(reopen)
+        partial = queries.compressed_partial(conn)
+        if partial:
+            self._partials = True
+            result.partial += partial
+        updated, samples, ended = queries.apply_compressed(conn, c, prev_id)
+        result.updated += updated
+        result.samples += samples
+        result.ended += ended
         if refine:
             queries.refine_ends(conn, refine)
-        if partial:
-            queries.upsert_partial_states(conn, partial)
-            self._partials = True
-            result.partial += len(partial)
+            result.ended += len(refine)
 
 
 def _merge(segment, m, at):
@@ -333,15 +353,6 @@ def _staged_from_record(cols, i, pk, created, expires, net):
     return (pk, dyn, created, expires,
             *_clamped([v("packets0"), v("packets1"), v("bytes0"), v("bytes1")]),
             timeout, v("sync_flags"), v("updates"), v("state_flags"), *src, *dst)
-
-
-def _staged_from_row(row, net):
-    """A staged row from a state's stored values and an UPD_C's peers and timeout.
-    dyn_hash 0 is "not known": the next snapshot compares unequal and records its values."""
-    values = dict(zip(queries.SYNC_LOOKUP_COLUMNS, row))
-    return (values["pk"], 0, values["created_at"], values["expires_at"], values["packets0"],
-            values["packets1"], values["bytes0"], values["bytes1"], net.timeout,
-            values["sync_flags"], values["updates"], values["state_flags"], *net.src, *net.dst)
 
 
 def _ifname(raw):
