@@ -30,7 +30,7 @@ __all__ = [
     "close_states", "reopen_states", "expire_samples", "prune_states_batch",
     "prune_orphan_addresses", "get_setting", "set_setting", "counts",
     "SYNC_LOOKUP_COLUMNS", "sync_lookup", "end_states", "refine_ends", "clear_states",
-    "delete_partial_states", "count_partial_states",
+    "delete_partial_states", "count_partial_states", "prune_partial_states",
     "COMPRESSED_COLUMNS", "stage_compressed", "compressed_closed", "compressed_partial",
     "apply_compressed",
 ]
@@ -596,6 +596,13 @@ def clear_states(conn, creatorid, ifname, collection_id, prev_id, at):
 def delete_partial_states(conn, keys):
     """Forget partial states a full record has made states: keys (creatorid, state_id)."""
     _executemany(conn, "DELETE FROM partial_states WHERE creatorid = ? AND state_id = ?", keys)
+
+
+def prune_partial_states(conn, before_at):
+    """Forget partial states last heard of (or ended) at or before before_at."""
+    return conn.exec_driver_sql(
+        f"DELETE FROM partial_states WHERE COALESCE(ended_at, last_at) <= {_ph(conn)}",
+        (before_at,)).rowcount
 
 
 def count_partial_states(conn):

@@ -1,6 +1,7 @@
 """pfsync events recorded into real SQLite histories: every action of pf-formats.md 4.4,
 the simulator's traffic against its ground truth, and reconciliation with the collector."""
 
+import functools
 import sqlite3
 import struct
 from datetime import datetime, timezone
@@ -113,6 +114,12 @@ def test_compressed_messages_about_unknown_states_are_partial_never_invented(his
     feed(engine, (T0 + 9, dgram((pfsync.ACT_UPD, rec(7)))))
     assert list(states(path)) == [7]
     assert rows(path, "SELECT state_id FROM partial_states") == [(8,)]
+    # pfhistory prune forgets partial states like the states that ended.
+    r = run_cli("prune", "--db", path, "--before", "2026-11-24T22:00:04Z")
+    assert r.returncode == 0, r.stderr
+    assert rows(path, "SELECT state_id FROM partial_states") == [(8,)]
+    assert run_cli("prune", "--db", path, "--before", "2026-11-24T22:00:05Z").returncode == 0
+    assert rows(path, "SELECT state_id FROM partial_states") == []
 
 
 def test_clear_ends_one_creators_states_or_one_interface(history):
@@ -165,6 +172,7 @@ CFG = SimulationConfig(states=600, duration=900.0, seed=8,
                        start=datetime(2026, 11, 24, 22, 0, tzinfo=timezone.utc))
 
 
+@functools.lru_cache(maxsize=4)
 def truth(cfg):
     """{signed id: [created_at, ended_at or None]} from the model itself."""
     out = {}
@@ -208,6 +216,7 @@ def test_simulated_pcap_gives_the_ground_truth(tmp_path):
     # pfhistory show reads it like any history.
     shown = run_cli("show", "--db", tmp_path / "h.db", "--closed", "--limit", 3, "-v")
     assert shown.returncode == 0 and shown.stdout.count("history:") == 3
+    assert shown.stdout.count(", ended at ") == 3          # pfsync gave the instants
 
 
 def test_pcapng_of_the_same_traffic_gives_the_same_history(tmp_path):
@@ -297,29 +306,38 @@ def test_a_collection_window_narrows_to_pfsyncs_instant(history, tmp_path):
 
 
 def test_snapshots_and_pfsync_of_one_firewall_tell_one_story(tmp_path):
-    """The simulator's snapshots a minute apart and its pfsync traffic, recorded in time
-    order into one history: every state once, exact ends from pfsync, short ones too."""
-    from conftest import simulated
+    """The simulator's snapshots and its pfsync traffic, recorded in time order into one
+    history (as cron and the listener would): every state once, exact ends from pfsync,
+    short ones too, and the snapshots' counters on the states they saw."""
+    from pfhistory.simulate import simulate
+    from pfhistory.syncrecorder import ingest_capture
 
     cfg = CFG
-    series = simulated(tmp_path / "snaps", cfg.states, cfg.duration, cfg.seed, truth=False)
+    # The model's draws depend on the snapshot times: one config for both.
+    snaps = SimulationConfig(states=cfg.states, duration=cfg.duration, seed=cfg.seed,
+                             start=cfg.start, interval=180.0)
+    series = simulate(snaps, tmp_path / "snaps")
     pcap = tmp_path / "all.pcap"
     assert run_cli("simulate", "--pfsync", pcap, "--states", cfg.states, "--duration", "15m",
-                   "--seed", cfg.seed).returncode == 0
+                   "--seed", cfg.seed, "--interval", "3m").returncode == 0
     frames = list(read_frames(pcap))
-    dbpath = tmp_path / "h.db"
+    url = db.resolve_url(str(tmp_path / "h.db"))
+    engine = db.open_engine(url, create=True)
+    db.require_current_schema(engine, url, create=True)
     times = [when.timestamp() for when, _p in series.snapshots]
-    for i, (when, snap) in enumerate(series.snapshots):
-        r = run_cli("collect", "--db", dbpath, "--from-file", snap)
-        assert r.returncode == 0, r.stderr
-        hi = times[i + 1] if i + 1 < len(times) else float("inf")
-        part = [f for f in frames if times[i] <= f.at < hi]
-        if not part:
-            continue
-        chunk = tmp_path / f"part{i}.pcap"
-        with PcapWriter(chunk) as w:
-            for f in part:
-                w.write(f.at, f.data)
-        r = run_cli("collect", "--db", dbpath, "--from-pcap", chunk)
-        assert r.returncode == 0, r.stderr
-    check_against_truth(dbpath, truth(cfg))
+    try:
+        for i, (when, snap) in enumerate(series.snapshots):
+            collector.record_snapshot(engine, collector.Snapshot(snap, int(times[i]), str(snap)))
+            hi = times[i + 1] if i + 1 < len(times) else float("inf")
+            chunk = tmp_path / f"part{i}.pcap"
+            with PcapWriter(chunk) as w:
+                for f in frames:
+                    if times[i] <= f.at < hi:
+                        w.write(f.at, f.data)
+            ingest_capture(engine, chunk)
+    finally:
+        engine.dispose()
+    check_against_truth(tmp_path / "h.db", truth(snaps))
+    # The snapshots found counters pfsync's compressed updates do not carry.
+    assert rows(tmp_path / "h.db", "SELECT count(*) FROM states WHERE packets0 > 0")[0][0] > 100
+    assert rows(tmp_path / "h.db", "SELECT count(DISTINCT kind) FROM collections") == [(2,)]
