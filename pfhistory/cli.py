@@ -224,18 +224,20 @@ def _cmd_collect_pcap(args):
     from pfhistory import syncrecorder
     from pfhistory.capture import read_frames
     from pfhistory.db import require_current_schema
+    from pfhistory.timespec import parse_duration
 
     if args.from_file or args.at:
         raise PFError("--from-pcap takes its times from the packets: leave out "
                       "--from-file and --at")
+    retention = int(parse_duration(args.sample_retention, "--sample-retention"))
     for _frame in read_frames(args.from_pcap):        # refuse a bad file before any DB
         pass
     url, engine = _open_db(args.db, create=True, wait=args.wait)
     try:
         require_current_schema(engine, url, create=True)
-        recorder = syncrecorder.ingest_capture(engine, args.from_pcap,
-                                               batch_packets=args.batch_packets,
-                                               batch_ms=args.batch_ms)
+        recorder = syncrecorder.ingest_capture(
+            engine, args.from_pcap, batch_packets=args.batch_packets, batch_ms=args.batch_ms,
+            sample_retention=retention)
         if args.verbose:
             _say(args, f"{args.from_pcap}: {_pfsync_summary(recorder)}")
     finally:

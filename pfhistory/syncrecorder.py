@@ -380,7 +380,7 @@ def check_not_older(engine, first_at, origin):
 
 
 def ingest_capture(engine, path, batch_packets=DEFAULT_BATCH_PACKETS,
-                   batch_ms=DEFAULT_BATCH_MS, host=None):
+                   batch_ms=DEFAULT_BATCH_MS, host=None, sample_retention=None):
     """Record a pcap/pcapng capture of pfsync traffic, batched by packet time as a
     listener would have. The file is read through once before anything is written, so a
     file that is not a readable capture changes nothing. Returns the SyncRecorder (its
@@ -413,5 +413,11 @@ def ingest_capture(engine, path, batch_packets=DEFAULT_BATCH_PACKETS,
             recorder.flush()
         if recorder.add(frame.at, frame.data, ip=frame.kind == capture.KIND_IP):
             recorder.flush()
+        last_at = frame.at
     recorder.flush()
+    if sample_retention is not None and first_at is not None:
+        from pfhistory.collector import expire_samples
+
+        with write_transaction(engine) as conn:
+            expire_samples(conn, int(last_at) - sample_retention)
     return recorder

@@ -17,7 +17,9 @@ from pfhistory.pfsync import IPPROTO_PFSYNC, PFSYNC_GROUP
 
 __all__ = ["SocketError", "open_receiver", "open_sender", "interface_address"]
 
-_SIOCGIFADDR = 0x8915           # Linux <linux/sockios.h>
+# SIOCGIFADDR: Linux <linux/sockios.h>; OpenBSD _IOWR('i', 33, struct ifreq) of 32 bytes
+# (sys/sockio.h). Both answer a struct ifreq whose sockaddr_in puts the address at 20.
+_SIOCGIFADDR = 0xC0206921 if sys.platform.startswith("openbsd") else 0x8915
 _RCVBUF = 16 << 20
 
 
@@ -33,13 +35,13 @@ def _why(e):
 
 def interface_address(name):
     """The IPv4 address of interface ``name`` (for IP_ADD_MEMBERSHIP), as 4 bytes."""
-    if sys.platform.startswith("linux"):
+    if sys.platform.startswith(("linux", "openbsd")):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             try:
                 req = struct.pack("16s16x", name.encode()[:15])
                 return fcntl.ioctl(s.fileno(), _SIOCGIFADDR, req)[20:24]
             except OSError as e:
-                if e.errno == errno.ENODEV:
+                if e.errno in (errno.ENODEV, errno.ENXIO):
                     raise SocketError(f"--iface {name}: no such interface") from None
                 raise SocketError(f"--iface {name}: has no IPv4 address to join "
                                   f"{PFSYNC_GROUP} on ({_why(e)})") from None

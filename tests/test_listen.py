@@ -176,3 +176,29 @@ def test_listen_refuses_a_missing_interface(tmp_path):
     assert r.returncode == 1
     assert r.stderr.strip() == "pfhistory: --iface nosuchif0: no such interface"
     assert not (tmp_path / "h.db").exists()
+
+
+def test_a_write_lock_held_by_the_collector_delays_but_loses_nothing(netns, tmp_path):
+    """While another writer (the cron collector of a big table) holds the database, the
+    listener keeps receiving and retries its batch; released, everything is recorded."""
+    sender_ns, sender_if, listener_ns, listener_if, _addr = netns
+    db = tmp_path / "live.db"
+    listener = _start_listener(listener_ns, "--iface", listener_if, "--db", db,
+                               "--wait", "0.2", "--batch-ms", "50")
+    con = sqlite3.connect(db, isolation_level=None)
+    try:
+        con.execute("BEGIN IMMEDIATE")
+        cfg = ("--states", 100, "--duration", "3m", "--seed", 5)
+        sent = subprocess.run(_in(sender_ns, "simulate", "--pfsync", tmp_path / "sent.pcap",
+                                  "--send", "224.0.0.240", "--send-iface", sender_if, *cfg),
+                              capture_output=True, text=True, timeout=300)
+        assert sent.returncode == 0, sent.stderr
+        line = listener.stderr.readline()
+        assert "another pfhistory is writing" in line and "retrying" in line, line
+    finally:
+        con.execute("ROLLBACK")
+        con.close()
+    err = _stop(listener, 15)
+    assert "0 malformed" in err and "0 partial" in err
+    small = SimulationConfig(states=100, duration=180.0, seed=5, start=CFG.start)
+    assert set(_states(db)) == set(truth(small))
