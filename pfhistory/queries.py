@@ -31,7 +31,7 @@ __all__ = [
     "prune_orphan_addresses", "get_setting", "set_setting", "counts",
     "SYNC_LOOKUP_COLUMNS", "sync_lookup", "end_states", "refine_ends", "clear_states",
     "delete_partial_states", "count_partial_states", "prune_partial_states",
-    "COMPRESSED_COLUMNS", "stage_compressed", "compressed_closed", "compressed_partial",
+    "COMPRESSED_COLUMNS", "stage_compressed", "compressed_stale", "compressed_closed", "compressed_partial",
     "apply_compressed",
 ]
 
@@ -543,7 +543,23 @@ def ping(conn):
 # -- pfsync events ------------------------------------------------------------------
 
 SYNC_LOOKUP_COLUMNS = ("pk", "first_seen", "last_seen", "ended_before", "ended_by",
-                       "last_seen_at", "ended_before_at", *DYNAMIC_STATE_FIELDS)
+                       "last_seen_at", "ended_before_at", "proto", "src_state", "src_seqlo",
+                       "dst_state", "dst_seqlo")
+_LOOKUP_SQL = {"src_state": "ps.state", "src_seqlo": "ps.seqlo", "dst_state": "pd.state",
+               "dst_seqlo": "pd.seqlo"}
+
+# pfsync_in_upd_c()/pfsync_upd_tcp() (sys/net/if_pfsync.c) ignore an update that would
+# move a peer backwards: for TCP a peer state going back (unless out of synproxy, states
+# PF_TCPS_PROXY_SRC 11 and up) or a sequence number going back (SEQ_GT, modulo 2**32; for
+# dst once it has seen a SYN, TCPS_SYN_SENT 2); for other protocols a state going back.
+# {p} is the stored peer's alias, {n} the prefix of the new values.
+_SEQ_GT = "((({a}) - ({b})) % 4294967296 + 4294967296) % 4294967296 BETWEEN 1 AND 2147483647"
+_STALE_SQL = (
+    "(CASE WHEN s.proto = 6 THEN "
+    "(ps.state > {n}src_state AND (ps.state < 11 OR {n}src_state >= 11)) OR "
+    + _SEQ_GT.format(a="ps.seqlo", b="{n}src_seqlo") + " OR pd.state > {n}dst_state OR "
+    "(pd.state >= 2 AND " + _SEQ_GT.format(a="pd.seqlo", b="{n}dst_seqlo") + ") "
+    "ELSE ps.state > {n}src_state OR pd.state > {n}dst_state END)")
 
 
 def sync_lookup(conn, keys):
@@ -553,10 +569,12 @@ def sync_lookup(conn, keys):
         return {}
     _temp_table(conn, "pfh_lookup", "creatorid BIGINT, state_id BIGINT")
     _executemany(conn, "INSERT INTO pfh_lookup VALUES (?, ?)", keys)
-    cols = ", ".join(f"s.{c}" for c in SYNC_LOOKUP_COLUMNS)
+    cols = ", ".join(_LOOKUP_SQL.get(c, f"s.{c}") for c in SYNC_LOOKUP_COLUMNS)
     rows = conn.exec_driver_sql(
         f"SELECT s.creatorid, s.state_id, {cols} FROM pfh_lookup l JOIN states s "
-        f"ON s.creatorid = l.creatorid AND s.state_id = l.state_id").cursor.fetchall()
+        f"ON s.creatorid = l.creatorid AND s.state_id = l.state_id "
+        f"JOIN state_peers ps ON ps.state_pk = s.pk AND ps.side = 0 "
+        f"JOIN state_peers pd ON pd.state_pk = s.pk AND pd.side = 1").cursor.fetchall()
     return {(r[0], r[1]): r[2:] for r in rows}
 
 
@@ -621,6 +639,18 @@ def stage_compressed(conn, rows):
     """Stage the net effect of compressed messages, rows in COMPRESSED_COLUMNS order."""
     _temp_table(conn, "pfh_sync_c", ", ".join(f"{c} BIGINT" for c in COMPRESSED_COLUMNS))
     _executemany(conn, _insert_sql("pfh_sync_c", COMPRESSED_COLUMNS), rows)
+
+
+def compressed_stale(conn):
+    """Drop staged peer updates that would move an open state's peers backwards (the
+    kernel's rule above); returns how many."""
+    stale = _STALE_SQL.format(n="pfh_sync_c.")
+    return max(conn.exec_driver_sql(
+        f"UPDATE pfh_sync_c SET has_peers = 0 WHERE has_peers = 1 AND EXISTS ("
+        f"SELECT 1 FROM states s JOIN state_peers ps ON ps.state_pk = s.pk AND ps.side = 0 "
+        f"JOIN state_peers pd ON pd.state_pk = s.pk AND pd.side = 1 "
+        f"WHERE s.creatorid = pfh_sync_c.creatorid AND s.state_id = pfh_sync_c.state_id "
+        f"AND s.ended_before IS NULL AND {stale})").rowcount, 0)
 
 
 def compressed_closed(conn):

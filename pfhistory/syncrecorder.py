@@ -15,7 +15,8 @@ dated by its last packet; messages apply in order, as pf-formats.md section 4.4 
 
 Several messages about one state in a batch collapse to their net effect (samples are per
 batch, as they are per collection). A pfsync-ended state stays ended: later messages about
-it are counted as stale. A malformed packet is counted and skipped whole.
+it are counted as stale, as are updates that would move a peer backwards (the kernel's
+staleness rule). A malformed packet is counted and skipped whole.
 """
 
 import socket
@@ -26,6 +27,7 @@ from pfhistory import _native, pfsync, queries
 from pfhistory.collector import _clamped, _Recorder, _signed64
 from pfhistory.db import write_transaction
 from pfhistory.exceptions import PFError
+from pfhistory.pfvar import PF_TCPS_PROXY_SRC, TCPS_SYN_SENT
 
 __all__ = ["SyncRecorder", "BatchResult", "DEFAULT_BATCH_PACKETS", "DEFAULT_BATCH_MS"]
 
@@ -33,6 +35,8 @@ DEFAULT_BATCH_PACKETS = 512
 DEFAULT_BATCH_MS = 200
 _U63 = (1 << 63) - 1
 _U64 = 1 << 64
+_PF_TCPS_PROXY_SRC = PF_TCPS_PROXY_SRC
+_TCPS_SYN_SENT = TCPS_SYN_SENT
 _STATE_ACTIONS = (pfsync.ACT_INS, pfsync.ACT_UPD, pfsync.ACT_UPD_C, pfsync.ACT_DEL,
                   pfsync.ACT_DEL_C)
 
@@ -249,6 +253,12 @@ class SyncRecorder:
                 continue
             if ended_before is not None:
                 reopen.append((pk, last_seen, ended_before))
+            elif _backwards(row, cols, i, net):
+                result.stale += 1
+                if net.end_at is not None:
+                    ends.append((c if first_seen >= c else prev_id, int(net.end_at), c,
+                                 int(net.end_at), pk))
+                continue
             staged.append(_staged_from_record(cols, i, pk, created[i], expires[i], net))
             if net.end_at is not None:
                 ends.append((c if first_seen >= c else prev_id, int(net.end_at), c,
@@ -290,6 +300,7 @@ class SyncRecorder:
                          net.updates, int(has), net.timeout,
                          *(net.src if has else no_peers), *(net.dst if has else no_peers)))
         queries.stage_compressed(conn, rows)
+        result.stale += queries.compressed_stale(conn)
         reopen, refine = [], []
         for (pk, _first, last_seen, ended_before, ended_by, last_at, before_at, has_peers,
              end_at) in queries.compressed_closed(conn):
@@ -353,6 +364,27 @@ def _staged_from_record(cols, i, pk, created, expires, net):
     return (pk, dyn, created, expires,
             *_clamped([v("packets0"), v("packets1"), v("bytes0"), v("bytes1")]),
             timeout, v("sync_flags"), v("updates"), v("state_flags"), *src, *dst)
+
+
+def _seq_gt(a, b):
+    """SEQ_GT of sys/netinet/tcp_seq.h: a after b, modulo 2**32."""
+    return 0 < (a - b) % (1 << 32) < (1 << 31)
+
+
+def _backwards(row, cols, i, net):
+    """Whether a whole record would move a known open state's peers backwards: the
+    kernel ignores such an update (queries._STALE_SQL says the rule)."""
+    proto, old_src, old_src_seq, old_dst, old_dst_seq = row[7:12]
+    if net.peers_at is not None:
+        src, src_seq, dst, dst_seq = net.src[5], net.src[0], net.dst[5], net.dst[0]
+    else:
+        src, src_seq = cols["src_state"][i], cols["src_seqlo"][i]
+        dst, dst_seq = cols["dst_state"][i], cols["dst_seqlo"][i]
+    if proto != 6:
+        return old_src > src or old_dst > dst
+    return ((old_src > src and (old_src < _PF_TCPS_PROXY_SRC or src >= _PF_TCPS_PROXY_SRC))
+            or _seq_gt(old_src_seq, src_seq) or old_dst > dst
+            or (old_dst >= _TCPS_SYN_SENT and _seq_gt(old_dst_seq, dst_seq)))
 
 
 def _ifname(raw):

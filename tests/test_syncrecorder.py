@@ -19,13 +19,16 @@ from pfhistory.syncrecorder import SyncRecorder
 CID = 0x1A2B3C4D
 OTHER = 0x0BADCAFE
 T0 = 1795557600          # 2026-11-24T22:00:00Z
+M32 = 0xFFFFFFFF
 
 
-def rec(sid, creatorid=CID, ifname=b"em0", state=4, packets=(10, 20), creation=30, **kw):
+def rec(sid, creatorid=CID, ifname=b"em0", state=4, packets=(10, 20), creation=30, seq=100,
+        **kw):
     return build_state(id=sid, creatorid=creatorid, ifname=ifname, direction=2,
                        wire=Key("203.0.113.7", 443, "10.0.0.23", 50000 + sid % 1000),
-                       src=Peer(seqlo=100, seqhi=200, max_win=10, state=state),
-                       dst=Peer(seqlo=300, seqhi=400, max_win=20, state=state),
+                       src=Peer(seqlo=seq, seqhi=(seq + 100) & M32, max_win=10, state=state),
+                       dst=Peer(seqlo=(seq + 200) & M32, seqhi=(seq + 300) & M32, max_win=20,
+                                state=state),
                        creation=creation, expire=86400, packets=packets, timeout=2, **kw)
 
 
@@ -147,6 +150,24 @@ def test_ended_stays_ended_and_one_batch_nets_out(history):
     # Later news of it is stale: it stays ended when pfsync said.
     r = feed(engine, (T0 + 60, dgram((pfsync.ACT_UPD, rec(1, state=5)))))
     assert states(path)[1]["src_state"] == 9 and r.totals["stale"] == 1
+
+
+def test_updates_that_move_peers_backwards_are_ignored_as_the_kernel_does(history):
+    engine, path = history
+    feed(engine, (T0, dgram((pfsync.ACT_INS, rec(1, state=4, seq=1000)),
+                            (pfsync.ACT_INS, rec(2, state=2, seq=0xFFFFFF00, proto=17)),
+                            (pfsync.ACT_INS, rec(3, state=4, seq=0xFFFFFF00)))))
+    r = feed(engine,
+             (T0 + 1, dgram(pfsync.upd_c(rec(1, state=2, seq=1000)))),      # state back
+             (T0 + 2, dgram(pfsync.upd_c(rec(1, state=4, seq=900)))),       # seq back
+             (T0 + 3, dgram((pfsync.ACT_UPD, rec(1, state=4, seq=999)))),   # whole, back
+             (T0 + 4, dgram(pfsync.upd_c(rec(2, state=1, proto=17)))),      # UDP back
+             (T0 + 5, dgram(pfsync.upd_c(rec(3, state=9, seq=0x10)))))      # wraps: forward
+    s = states(path)
+    assert (s[1]["src_state"], s[1]["src_seqlo"]) == (4, 1000)
+    assert s[2]["src_state"] == 2
+    assert (s[3]["src_state"], s[3]["src_seqlo"]) == (9, 0x10)
+    assert r.totals["stale"] == 4 and r.totals["updated"] == 1
 
 
 def test_malformed_packets_are_counted_and_skipped_whole(history):
