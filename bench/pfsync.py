@@ -6,13 +6,13 @@ Usage (root; wrap in flock on a shared machine):
 
 Two network namespaces joined by a veth pair, as the tests use. A sender in one sends, at
 each offered rate, a stream OpenBSD would send for a busy table: first an INS of every
-state, then UPD_C messages (17 to a 1500-byte packet) with moving sequence numbers, paced
-evenly. The listener in the other is pfhistory's own (pfhistory.listener.Listener on a
+state, then (after --settle seconds) UPD_C messages (17 to a 1500-byte packet) with moving
+sequence numbers, paced evenly. The listener in the other is pfhistory's own (pfhistory.listener.Listener on a
 fresh SQLite file, synchronous=FULL as shipped), timed at each commit. Reported per rate:
 updates offered and recorded, packets lost, the sustained rate (updates recorded / time
 from the first UPD_C sent to the last commit), how long recording went on after the last
 packet was sent (drain: near zero when the listener keeps up), and the latency from a
-packet's arrival to the commit of its batch (p50, p99, max).
+update packet's arrival to the commit of its batch (p50, p99, max).
 """
 
 import argparse
@@ -89,6 +89,9 @@ def role_send(args):
         if due > now:
             time.sleep(due - now)
         if i == ins:
+            # Let the listener commit the inserts, so the updates are measured alone.
+            time.sleep(args.settle)
+            start += args.settle
             upd_start = time.time()
         s.sendto(p, (args.dst, 0))
     print(json.dumps({"packets": len(packets), "ins_packets": ins, "updates": updates,
@@ -100,6 +103,7 @@ def role_listen(args):
     """pfhistory's Listener, each commit timed; prints its figures at SIGTERM."""
     from pfhistory import db
     from pfhistory.listener import Listener
+    from pfhistory.pfsync import ACT_UPD_C
     from pfhistory.syncrecorder import SyncRecorder
 
     latencies = []
@@ -107,7 +111,8 @@ def role_listen(args):
 
     class Timed(SyncRecorder):
         def flush(self):
-            arrived = [at for at, _m in self.pending]
+            # Latency of the update packets (the inserts before them are not measured).
+            arrived = [at for at, m in self.pending if m[0].action == ACT_UPD_C]
             result = super().flush()
             done = time.time()
             latencies.extend(done - at for at in arrived)
@@ -172,6 +177,7 @@ def run_rate(rate, args, tmp):
         send = subprocess.run(
             ["ip", "netns", "exec", a, *me, "--role", "send", "--rate", str(rate),
              "--seconds", str(args.seconds), "--states", str(args.states),
+             "--settle", str(args.settle),
              "--dst", "224.0.0.240", "--src", "10.98.0.1"],
             capture_output=True, text=True, check=True)
         sent = json.loads(send.stdout)
@@ -201,6 +207,8 @@ def main():
     p.add_argument("--rate", type=float, default=20000)
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--states", type=int, default=20000)
+    p.add_argument("--settle", type=float, default=5.0,
+                   help="seconds between the inserts and the updates (default 5)")
     p.add_argument("--batch-packets", type=int, default=512)
     p.add_argument("--batch-ms", type=int, default=200)
     p.add_argument("--db")
