@@ -78,8 +78,9 @@ MESSAGE_SIZE = {
     ACT_BUS: 12,        # struct pfsync_bus: creatorid, endtime, status, _pad[3]
     ACT_INS: RECORD_SIZE,
     ACT_UPD: RECORD_SIZE,
-    ACT_TDB: 52,        # struct pfsync_tdb (sockaddr_union of 28 bytes on OpenBSD)
 }
+# TDB (struct pfsync_tdb, 52 bytes: IPsec replay counters) carries nothing of PF's state
+# table: its blocks are skipped by their announced length, like the deprecated ones.
 
 BUS_START = 1           # PFSYNC_BUS_START
 BUS_END = 2             # PFSYNC_BUS_END
@@ -238,7 +239,6 @@ def _decode_block(action, data, off, end, mlen, out):
         for o in range(off, end, mlen):
             creatorid, endtime, status = _BUS.unpack_from(data, o)
             append(Message(action, creatorid, status=status, endtime=endtime))
-    # ACT_TDB: IPsec replay counters, nothing of PF's state table.
 
 
 def strip_ip(datagram):

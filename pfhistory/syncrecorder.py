@@ -118,6 +118,7 @@ class SyncRecorder:
             packet = None
         if packet is not None:
             self.totals["messages"] += len(packet.messages)
+            self.totals["skipped_blocks"] += packet.skipped
             if packet.messages:
                 self.pending.append((at, packet.messages))
         if self.first_at is None:
