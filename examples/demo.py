@@ -1,4 +1,4 @@
-"""`make demo`: simulate an hour of a busy firewall, record it, summarize it.
+"""`make demo`: simulate an hour of a busy firewall, record it, summarize it; then its pfsync.
 
 Runs the commands an administrator would type, as subprocesses, and prints
 each before its output. The demo keeps its own database (demo/history.db,
@@ -33,7 +33,9 @@ def main():
     out = Path(args.dir)
     snapshots = out / "snapshots"
     db = out / "history.db"
-    for old in (snapshots, db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+    pcap, sync_db = out / "pfsync.pcap", out / "pfsync.db"
+    for old in (snapshots, db, Path(f"{db}-wal"), Path(f"{db}-shm"), pcap, sync_db,
+                Path(f"{sync_db}-wal"), Path(f"{sync_db}-shm")):
         if old.is_dir():
             shutil.rmtree(old)
         elif old.exists():
@@ -52,6 +54,14 @@ def main():
     run("collect", "--from-file", *files, show=False, env=env)
     print(f"recorded {len(files)} collections into {db}\n")
     print(run("summary", env=env), end="")
+
+    print("\nThe same firewall's pfsync traffic: every insert, update and removal, so also "
+          "the states that lived between two snapshots.")
+    print(run("simulate", "--pfsync", pcap, "--states", args.states, "--interval", "1m",
+              "--duration", "1h", "--seed", "7"), end="")
+    print(run("collect", "--db", sync_db, "--from-pcap", pcap, "--batch-ms", 1000, "-v"), end="")
+    print(run("summary", "--db", sync_db), end="")
+    print(f"\n(`pfhistory listen --iface em1` records the same from the network, as root.)")
 
 
 if __name__ == "__main__":
