@@ -61,7 +61,7 @@ def main():
               "--duration", "1h", "--seed", "7"), end="")
     print(run("collect", "--db", sync_db, "--from-pcap", pcap, "--batch-ms", 1000, "-v"), end="")
     print(run("summary", "--db", sync_db), end="")
-    print(f"\n(`pfhistory listen --iface em1` records the same from the network, as root.)")
+    print("\n(`pfhistory listen --iface em1` records the same from the network, as root.)")
 
 
 if __name__ == "__main__":
