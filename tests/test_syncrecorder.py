@@ -2,11 +2,14 @@
 the simulator's traffic against its ground truth, and reconciliation with the collector."""
 
 import functools
+import os
 import sqlite3
 import struct
 from datetime import datetime, timezone
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import run_cli
 from golden_records import Key, Peer, build_state
@@ -362,3 +365,85 @@ def test_snapshots_and_pfsync_of_one_firewall_tell_one_story(tmp_path):
     # The snapshots found counters pfsync's compressed updates do not carry.
     assert rows(tmp_path / "h.db", "SELECT count(*) FROM states WHERE packets0 > 0")[0][0] > 100
     assert rows(tmp_path / "h.db", "SELECT count(DISTINCT kind) FROM collections") == [(2,)]
+
+
+# -- fuzzing at the recorder -------------------------------------------------------------
+
+STREAM = [
+    dgram((pfsync.ACT_INS, rec(1)), (pfsync.ACT_INS, rec(2)), (pfsync.ACT_INS, rec(3))),
+    dgram(pfsync.upd_c(rec(1, state=9)), pfsync.del_c(CID, 2)),
+    dgram((pfsync.ACT_UPD, rec(3, packets=(70, 80))), pfsync.upd_c(rec(4))),
+    dgram(pfsync.clr(CID, b"em9"), (pfsync.ACT_DEL, rec(1))),
+]
+
+
+def _fresh_history(template, path):
+    import shutil
+
+    shutil.copyfile(template, path)
+    url = db.resolve_url(str(path))
+    return db.open_engine(url)
+
+
+def _story(path):
+    con = sqlite3.connect(path)
+    try:
+        return (sorted(con.execute(
+            "SELECT s.state_id, s.created_at, s.ended_before_at, s.ended_by, s.packets0, "
+            "p.state, p.seqlo FROM states s JOIN state_peers p ON p.state_pk = s.pk "
+            "AND p.side = 0")),
+            sorted(con.execute("SELECT state_id, ended_at, updates FROM partial_states")),
+            con.execute("SELECT (SELECT count(*) FROM state_keys), (SELECT count(*) FROM "
+                        "state_peers), (SELECT count(*) FROM states)").fetchone())
+    finally:
+        con.close()
+
+
+@pytest.fixture(scope="module")
+def empty_history(tmp_path_factory):
+    path = tmp_path_factory.mktemp("fuzz") / "template.db"
+    url = db.resolve_url(str(path))
+    engine = db.open_engine(url, create=True)
+    db.require_current_schema(engine, url, create=True)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    engine.dispose()
+    return path
+
+
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(which=st.integers(0, len(STREAM) - 1),
+       flips=st.lists(st.tuples(st.integers(0, 1500), st.integers(0, 255)), min_size=1,
+                      max_size=6),
+       cut=st.one_of(st.none(), st.integers(0, 1500)))
+def test_fuzzed_packets_are_counted_and_never_half_applied(empty_history, tmp_path, which,
+                                                          flips, cut):
+    packets = list(STREAM)
+    bad = bytearray(packets[which])
+    for pos, value in flips:
+        bad[pos % len(bad)] = value
+    packets[which] = bytes(bad if cut is None else bad[:cut])
+    timed = [(T0 + i, data) for i, data in enumerate(packets)]
+    results = {}
+    for name, stream in (("fuzzed", timed), ("without", timed[:which] + timed[which + 1:])):
+        path = tmp_path / f"{name}-{which}-{len(flips)}-{cut}.db"
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(f"{path}{suffix}"):
+                os.unlink(f"{path}{suffix}")
+        engine = _fresh_history(empty_history, path)
+        try:
+            r = SyncRecorder(engine, "fuzz")
+            for at, data in stream:
+                r.add(at, data)
+            r.flush()
+        finally:
+            engine.dispose()
+        results[name] = (r, _story(path))
+    r, story = results["fuzzed"]
+    assert r.totals["packets"] == len(STREAM)
+    keys, peers, n = story[2]
+    assert keys == peers == 2 * n                   # every state whole
+    if sum(r.malformed.values()):
+        assert sum(r.malformed.values()) == 1
+        assert story == results["without"][1]        # nothing of it applied
