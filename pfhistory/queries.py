@@ -67,8 +67,11 @@ def _temp_table(conn, name, columns_sql):
                              f"ON COMMIT DROP")
         conn.exec_driver_sql(f"TRUNCATE {name}")
     else:
-        conn.exec_driver_sql(f"DROP TABLE IF EXISTS temp.{name}")
-        conn.exec_driver_sql(f"CREATE TEMP TABLE {name} ({columns_sql})")
+        # Kept for the connection and emptied, not dropped: creating a table changes the
+        # schema, which makes SQLite prepare every cached statement again (pfsync batches
+        # run a few times a second). Each name is always made with the same columns.
+        conn.exec_driver_sql(f"CREATE TEMP TABLE IF NOT EXISTS {name} ({columns_sql})")
+        conn.exec_driver_sql(f"DELETE FROM temp.{name}")
 
 
 # -- collections ---------------------------------------------------------------
