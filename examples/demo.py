@@ -1,4 +1,4 @@
-"""`make demo`: simulate an hour of a busy firewall, record it, report on it.
+"""`make demo`: simulate an hour of a busy firewall, record it, report on it; then its pfsync.
 
 Runs the commands an administrator would type, as subprocesses, and prints
 each before its output. The demo keeps its own database (demo/history.db,
@@ -33,7 +33,9 @@ def main():
     out = Path(args.dir)
     snapshots = out / "snapshots"
     db = out / "history.db"
-    for old in (snapshots, db, Path(f"{db}-wal"), Path(f"{db}-shm"), out / "report.html"):
+    pcap, sync_db = out / "pfsync.pcap", out / "pfsync.db"
+    for old in (snapshots, db, Path(f"{db}-wal"), Path(f"{db}-shm"), pcap, sync_db,
+                Path(f"{sync_db}-wal"), Path(f"{sync_db}-shm"), out / "report.html"):
         if old.is_dir():
             shutil.rmtree(old)
         elif old.exists():
@@ -54,13 +56,20 @@ def main():
     run("collect", "--from-file", *files, show=False, env=env)
     print(f"recorded {len(files)} collections into {db}\n")
     print(run("summary", env=env), end="")
+    print("\nThe same firewall's pfsync traffic: every insert, update and removal, so also "
+          "the states that lived between two snapshots.")
+    print(run("simulate", "--pfsync", pcap, "--states", args.states, "--interval", "1m",
+              "--duration", "1h", "--seed", "7"), end="")
+    print(run("collect", "--db", sync_db, "--from-pcap", pcap, "--batch-ms", 1000, "-v"), end="")
+    print(run("summary", "--db", sync_db), end="")
+    print("\n(`pfhistory listen --iface em1` records the same from the network, as root.)")
+
     period = ("--since", "2026-11-24T22:00Z", "--until", "2026-11-24T23:00Z")
     html = out / "report.html"
     print()
     print(run("report", *period, env=env), end="")
     run("report", *period, "--format", "html", "-o", html, env=env)
     print(f"\nThe same report as a page with charts: {html.resolve()}")
-
 
 if __name__ == "__main__":
     main()

@@ -68,10 +68,13 @@ def _add_simulate(sub):
         description="Simulate a busy OpenBSD firewall and write one pfctl -S state file "
                     "per snapshot, named and dated by its snapshot time. Seeded: the "
                     "same arguments always write the same bytes.",
-        epilog="Example:\n  pfhistory simulate --out /tmp/fw --states 5000 "
-               "--interval 1m --duration 1h --seed 7 --truth\n",
+        epilog="Examples:\n  pfhistory simulate --out /tmp/fw --states 5000 "
+               "--interval 1m --duration 1h --seed 7 --truth\n"
+               "  pfhistory simulate --pfsync /tmp/fw.pcap --states 5000 --duration 10m\n"
+               "  pfhistory simulate --pfsync /tmp/fw.pcap --send 224.0.0.240 "
+               "--send-iface em1\n",
     )
-    p.add_argument("--out", required=True, metavar="DIR", help="directory for the snapshots")
+    p.add_argument("--out", metavar="DIR", help="directory for the snapshots")
     p.add_argument("--states", type=_positive_int, default=1000,
                    help="concurrent states (default 1000, up to 2000000)")
     p.add_argument("--interval", default="60s", help="time between snapshots (default 60s)")
@@ -84,6 +87,15 @@ def _add_simulate(sub):
                    help="snapshot indexes not written, to model missed cron runs")
     p.add_argument("--truth", action="store_true",
                    help="also write the simulator's ground truth (truth.jsonl)")
+    p.add_argument("--pfsync", metavar="PCAP",
+                   help="instead of snapshots, write the firewall's changes as the pfsync "
+                        "packets OpenBSD sends (a pcap file, dated by simulated time)")
+    p.add_argument("--send", metavar="ADDR",
+                   help="also send those packets to ADDR now (raw IP, root), e.g. "
+                        "224.0.0.240 or a listener's unicast address")
+    p.add_argument("--send-iface", metavar="NAME", help="interface for multicast --send")
+    p.add_argument("--pps", type=_positive_int, default=20000,
+                   help="packets per second --send sends at most (default 20000)")
     p.set_defaults(func=_cmd_simulate)
 
 
@@ -125,6 +137,21 @@ def _cmd_simulate(args):
         missing = tuple(int(x) for x in args.missing.split(",") if x.strip())
     except ValueError:
         raise PFError(f"--missing {args.missing!r} is not a list of snapshot numbers") from None
+    if args.pfsync or args.send:
+        if args.out or args.truth:
+            raise PFError("--pfsync writes packets, not snapshots: leave out --out and --truth")
+        if not args.pfsync:
+            raise PFError("--send needs --pfsync PCAP (the packets sent are also written there)")
+        from pfhistory import syncsim
+
+        cfg = SimulationConfig(states=args.states, interval=interval, duration=duration,
+                               seed=args.seed, start=start, creatorid=args.creatorid)
+        sent = syncsim.write_and_send(cfg, args.pfsync, send=args.send,
+                                      iface=args.send_iface, pps=args.pps)
+        print(f"{args.pfsync}: {sent} pfsync packets")
+        return 0
+    if not args.out:
+        raise PFError("give --out DIR for snapshots, or --pfsync PCAP for pfsync packets")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise PFError(f"--out {args.out}: exists and is not a directory")
     cfg = SimulationConfig(states=args.states, interval=interval, duration=duration,
@@ -154,11 +181,16 @@ def _add_collect(sub):
                     "Quiet on success unless -v; one line and a non-zero exit on failure. "
                     "A snapshot older than the newest collection is refused.",
         epilog="Examples:\n  pfhistory collect                      # cron, every minute\n"
-               "  pfhistory collect --db /tmp/h.db --from-file /tmp/fw/states-*.pfstate -v\n",
+               "  pfhistory collect --db /tmp/h.db --from-file /tmp/fw/states-*.pfstate -v\n"
+               "  pfhistory collect --db /tmp/h.db --from-pcap /tmp/pfsync.pcap -v\n",
     )
     _add_db_option(p)
     p.add_argument("--from-file", nargs="+", metavar="PATH",
                    help="pfctl -S state files, recorded in the order given")
+    p.add_argument("--from-pcap", metavar="FILE",
+                   help="a pcap or pcapng capture of pfsync traffic (tcpdump -w on the sync "
+                        "interface), recorded as pfsync events dated by packet time")
+    _add_batch_options(p)
     p.add_argument("--at", metavar="TIME",
                    help="when the snapshot was taken (ISO 8601, local unless an offset is "
                         "given); default: now, or the file's mtime")
@@ -176,10 +208,54 @@ def _add_collect(sub):
     p.set_defaults(func=_cmd_collect)
 
 
+def _add_batch_options(p):
+    p.add_argument("--batch-packets", type=_positive_int, default=512, metavar="N",
+                   help="pfsync: one transaction per N packets at most (default 512)")
+    p.add_argument("--batch-ms", type=_positive_int, default=200, metavar="MS",
+                   help="pfsync: or per MS milliseconds of traffic (default 200)")
+
+
+def _pfsync_summary(recorder):
+    t, bad = recorder.totals, recorder.malformed
+    reasons = ", ".join(f"{n} {r}" for r, n in sorted(bad.items()))
+    return (f"{t['packets']} packets ({sum(bad.values())} malformed"
+            f"{': ' + reasons if reasons else ''}), {t['messages']} messages, "
+            f"{t['batches']} batches: {t['inserted']} states new, {t['updated']} updated, "
+            f"{t['ended']} ended, {t['partial']} partial, {t['stale']} stale")
+
+
+def _cmd_collect_pcap(args):
+    from pfhistory import syncrecorder
+    from pfhistory.capture import read_frames
+    from pfhistory.db import require_current_schema
+    from pfhistory.timespec import parse_duration
+
+    if args.from_file or args.at:
+        raise PFError("--from-pcap takes its times from the packets: leave out "
+                      "--from-file and --at")
+    retention = int(parse_duration(args.sample_retention, "--sample-retention"))
+    for _frame in read_frames(args.from_pcap):        # refuse a bad file before any DB
+        pass
+    url, engine = _open_db(args.db, create=True, wait=args.wait)
+    try:
+        require_current_schema(engine, url, create=True)
+        recorder = syncrecorder.ingest_capture(
+            engine, args.from_pcap, batch_packets=args.batch_packets, batch_ms=args.batch_ms,
+            sample_retention=retention)
+        if args.verbose:
+            _say(args, f"{args.from_pcap}: {_pfsync_summary(recorder)}")
+    finally:
+        engine.dispose()
+        _owner_only(url)
+    return 0
+
+
 def _cmd_collect(args):
     from pfhistory import collector, queries, rollup
     from pfhistory.timespec import parse_duration
 
+    if args.from_pcap:
+        return _cmd_collect_pcap(args)
     retention = parse_duration(args.sample_retention, "--sample-retention")
     networks = rollup.parse_networks(args.local_networks) if args.local_networks else None
     snapshots = _snapshots(args)
@@ -534,6 +610,71 @@ def _cmd_report(args):
     return 0
 
 
+def _add_listen(sub):
+    p = sub.add_parser(
+        "listen",
+        help="record pfsync traffic as it arrives (every state, even short ones)",
+        description="Listen for pfsync(4) packets (IP protocol 240) from OpenBSD firewalls, "
+                    "on the firewall itself or any Linux or OpenBSD host on the sync "
+                    "network, and record every state insert, update and removal into the "
+                    "history, one transaction per batch. Joins 224.0.0.240 on --iface; "
+                    "unicast from a sync peer (syncpeer) is accepted too. Runs beside the "
+                    "cron collector on the same database. SIGTERM or SIGINT writes what was "
+                    "received, then exits. Needs root (a raw socket).",
+        epilog="Examples:\n  pfhistory listen --iface em1\n"
+               "  pfhistory listen --iface em1 --db /var/db/pfhistory/history.db -v\n"
+               "  pfhistory listen --iface vio1 --write-pcap /tmp/pfsync.pcap\n",
+    )
+    _add_db_option(p)
+    p.add_argument("--iface", metavar="NAME", help="the sync interface (joins 224.0.0.240 on it)")
+    _add_batch_options(p)
+    p.add_argument("--write-pcap", metavar="FILE",
+                   help="also write every packet received to a pcap file (receive times)")
+    p.add_argument("--sample-retention", default="24h", metavar="DURATION",
+                   help="how long the values states had before each change are kept "
+                        "(default 24h)")
+    p.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
+                   help="how long one write waits for the cron collector (default 30)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="say when listening starts, and the counts when it stops")
+    p.add_argument("--syslog", action="store_true", help="also log to syslog")
+    p.set_defaults(func=_cmd_listen)
+
+
+def _cmd_listen(args):
+    from pfhistory.db import require_current_schema
+    from pfhistory.listener import Listener
+    from pfhistory.syncsocket import open_receiver
+    from pfhistory.timespec import parse_duration
+
+    retention = int(parse_duration(args.sample_retention, "--sample-retention"))
+    sock = open_receiver(args.iface)       # refuse a bad interface before any database
+    try:
+        url, engine = _open_db(args.db, create=True, wait=args.wait)
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        require_current_schema(engine, url, create=True)
+        _owner_only(url)
+
+        def log(line):
+            if args.verbose:
+                print(f"{PROG}: {line}", file=sys.stderr, flush=True)
+                if args.syslog:
+                    _syslog(line)
+
+        listener = Listener(engine, url, iface=args.iface, batch_packets=args.batch_packets,
+                            batch_ms=args.batch_ms, write_pcap=args.write_pcap, log=log,
+                            sock=sock, sample_retention=retention)
+        recorder = listener.run()
+        log(f"stopped: {_pfsync_summary(recorder)}")
+    finally:
+        engine.dispose()
+        _owner_only(url)
+    return 0
+
+
 def build_parser():
     """The whole command line, for main() and the documentation test."""
     parser = _Parser(
@@ -553,6 +694,7 @@ def build_parser():
     _add_summary(sub)
     _add_show(sub)
     _add_report(sub)
+    _add_listen(sub)
     return parser
 
 

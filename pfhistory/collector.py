@@ -105,6 +105,7 @@ class _Recorder:
         self.open = dict(zip(map(_KEY, rows), rows))
         del rows
         self.any_closed = queries.any_closed_state(conn)
+        self.ended_by_pfsync = 0
         self.states = self.inserted = self.updated = self.reopened = 0
         self.new_packets = self.new_bytes = 0
         self.creatorids = Counter()
@@ -154,8 +155,12 @@ class _Recorder:
             rec = back.get((cids[i], sids[i]))
             if rec is None:
                 new.append(i)
+            elif rec[5] is not None:
+                # pfsync reported its removal: it stays ended when pfsync said, even if
+                # this snapshot was read a moment before the removal was recorded.
+                self.ended_by_pfsync += 1
             else:
-                pk, _dyn, _cat, _eat, last_seen = rec
+                pk, _dyn, _cat, _eat, last_seen, _by = rec
                 reopen.append((pk, last_seen, None))
                 reopen_index.append(i)
         if reopen:
@@ -266,12 +271,13 @@ class _Recorder:
         moved_packets = moved_bytes = samples = 0
         if self.staged_any:
             moved_packets, moved_bytes, samples = queries.apply_staged(self.conn, self.c)
-        closed = list(self.open.values())
+        # Open states the snapshot lacks are closed, except those created after it was
+        # taken (pfsync reported them meanwhile): they cannot be in it.
+        closed = [rec for rec in self.open.values() if rec[4] <= self.t]  # created_at
         if closed:
-            if self.prev is None:  # pragma: no cover - open states imply a collection
-                raise PFError("open states without any earlier collection")
+            prev_id, prev_at = self.prev if self.prev is not None else (0, 0)
             queries.close_states(self.conn, [rec[2] for rec in closed],
-                                 self.prev[0], self.prev[1], self.c, self.t)
+                                 prev_id, prev_at, self.c, self.t)
         return {
             "states": self.states, "inserted": self.inserted, "updated": self.updated,
             "reopened": self.reopened, "closed": len(closed),
@@ -304,12 +310,15 @@ def record_snapshot(engine, snapshot, host=None, sample_retention=DEFAULT_SAMPLE
     started = time.monotonic()
     host = host or socket.gethostname()
     with write_transaction(engine) as conn:
-        prev = queries.latest_collection(conn)
-        if prev is not None and snapshot.collected_at < prev[1]:
+        newest = queries.latest_collection(conn, kind=0)
+        if newest is not None and snapshot.collected_at < newest[1]:
             raise OlderSnapshotError(
                 f"{snapshot.origin}: taken at {_iso(snapshot.collected_at)}, before the newest "
-                f"collection ({_iso(prev[1])}); the history only moves forward, so "
+                f"collection ({_iso(newest[1])}); the history only moves forward, so "
                 f"older snapshots are refused")
+        # A state this snapshot lacks was last seen by the snapshot before it, or by the
+        # pfsync batch that first reported it if that came later (close_states).
+        prev = newest
         collection_id, next_pk, next_addr = queries.next_ids(conn)
         queries.insert_collection(conn, {
             "id": collection_id, "collected_at": snapshot.collected_at,

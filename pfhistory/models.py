@@ -31,7 +31,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = ["Base", "Collection", "Address", "State", "StateKey", "StatePeer", "Sample",
-           "Rollup", "Protocol", "Setting", "PEER_FIELDS", "DYNAMIC_STATE_FIELDS"]
+           "Rollup", "PartialState", "Protocol", "Setting", "PEER_FIELDS",
+           "DYNAMIC_STATE_FIELDS"]
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -72,6 +73,11 @@ class Collection(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     collected_at: Mapped[int] = _big(index=True, doc="when the snapshot was taken (epoch s, UTC)")
+    kind: Mapped[int] = _small(default=0, server_default=text("0"),
+                               doc="0: a snapshot of the whole table; 1: a batch of pfsync "
+                                   "events (collected_at: its last packet)")
+    malformed: Mapped[int] = _int(default=0, server_default=text("0"),
+                                  doc="pfsync packets of the batch refused as malformed")
     source: Mapped[str] = mapped_column(Text, doc="'/dev/pf' or the state file's path")
     host: Mapped[str] = mapped_column(Text, doc="the collector's host name")
     creatorid: Mapped[int | None] = _big(doc="the firewall's hostid (most states' creatorid)")
@@ -154,6 +160,9 @@ class State(Base):
     last_seen_at: Mapped[int | None] = _big()
     ended_before: Mapped[int | None] = _int(doc="first collection that did not; NULL while open")
     ended_before_at: Mapped[int | None] = _big()
+    ended_by: Mapped[int | None] = _small(
+        doc="NULL: it ended between last_seen and ended_before (collections); 1: pfsync "
+            "reported its removal at ended_before_at (= last_seen_at)")
 
 
 class StateKey(Base):
@@ -256,6 +265,24 @@ class Rollup(Base):
         Column("bytes_in", BigInteger, nullable=False),
         sqlite_with_rowid=False,
     )
+
+
+class PartialState(Base):
+    """A state pfsync spoke of only in compressed messages (UPD_C, DEL_C) before any full
+    record: known by its identity, never given invented keys. Removed once a full record
+    (INS, UPD) makes it a state."""
+
+    __tablename__ = "partial_states"
+
+    creatorid: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    state_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    first_at: Mapped[int] = _big(doc="first pfsync message about it (epoch s)")
+    last_at: Mapped[int] = _big(doc="last one")
+    ended_at: Mapped[int | None] = _big(doc="when pfsync reported its removal")
+    updates: Mapped[int] = _int(doc="UPD_C messages received")
+    timeout: Mapped[int | None] = _small(doc="PFTM_* of the last UPD_C")
+    src_state: Mapped[int | None] = _small()
+    dst_state: Mapped[int | None] = _small()
 
 
 class Protocol(Base):

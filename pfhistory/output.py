@@ -84,8 +84,12 @@ def write_text(states, out, verbose=0):
         out.write(format_state(state, verbose))
         h = state.history
         if h is not None:
-            end = (f"ended between {format_time(h.ended[0])} and {format_time(h.ended[1])}"
-                   if h.ended else "open")
+            if not h.ended:
+                end = "open"
+            elif h.ended[0] == h.ended[1]:      # pfsync reported the instant
+                end = f"ended at {format_time(h.ended[1])}"
+            else:
+                end = f"ended between {format_time(h.ended[0])} and {format_time(h.ended[1])}"
             kind = "values of" if h.exact else "last observed values; samples gone for"
             out.write(f"   history: created {format_time(h.created_at)}, first seen "
                       f"{format_time(h.first_seen)}, last seen {format_time(h.last_seen)}, "

@@ -32,6 +32,10 @@ __all__ = [
     "create_load_indexes", "stage", "apply_staged",
     "close_states", "reopen_states", "expire_samples", "prune_states_batch",
     "prune_orphan_addresses", "get_setting", "set_setting", "counts",
+    "SYNC_LOOKUP_COLUMNS", "sync_lookup", "end_states", "refine_ends", "clear_states",
+    "delete_partial_states", "count_partial_states", "prune_partial_states",
+    "COMPRESSED_COLUMNS", "stage_compressed", "compressed_stale", "compressed_closed", "compressed_partial",
+    "apply_compressed",
 ]
 
 # Column orders of the rows the collector builds.
@@ -70,16 +74,22 @@ def _temp_table(conn, name, columns_sql):
                              f"ON COMMIT DROP")
         conn.exec_driver_sql(f"TRUNCATE {name}")
     else:
-        conn.exec_driver_sql(f"DROP TABLE IF EXISTS temp.{name}")
-        conn.exec_driver_sql(f"CREATE TEMP TABLE {name} ({columns_sql})")
+        # Kept for the connection and emptied, not dropped: creating a table changes the
+        # schema, which makes SQLite prepare every cached statement again (pfsync batches
+        # run a few times a second). Each name is always made with the same columns.
+        conn.exec_driver_sql(f"CREATE TEMP TABLE IF NOT EXISTS {name} ({columns_sql})")
+        conn.exec_driver_sql(f"DELETE FROM temp.{name}")
 
 
 # -- collections ---------------------------------------------------------------
 
-def latest_collection(conn):
-    """(id, collected_at) of the newest collection, or None."""
-    row = conn.execute(select(Collection.id, Collection.collected_at)
-                       .order_by(Collection.collected_at.desc(), Collection.id.desc())
+def latest_collection(conn, kind=None):
+    """(id, collected_at) of the newest collection (of that kind: 0 snapshots, 1 pfsync
+    batches), or None."""
+    q = select(Collection.id, Collection.collected_at)
+    if kind is not None:
+        q = q.where(Collection.kind == kind)
+    row = conn.execute(q.order_by(Collection.collected_at.desc(), Collection.id.desc())
                        .limit(1)).first()
     return tuple(row) if row else None
 
@@ -127,15 +137,15 @@ def any_closed_state(conn):
 
 
 def closed_states_by_key(conn, keys):
-    """{(creatorid, state_id): (pk, dyn_hash, created_at, expires_at, last_seen)} of
-    closed states among keys (states seen again after a collection missed them)."""
+    """{(creatorid, state_id): (pk, dyn_hash, created_at, expires_at, last_seen, ended_by)}
+    of closed states among keys (states seen again after a collection missed them)."""
     if not keys:
         return {}
     _temp_table(conn, "pfh_lookup", "creatorid BIGINT, state_id BIGINT")
     _executemany(conn, "INSERT INTO pfh_lookup VALUES (?, ?)", keys)
     rows = conn.exec_driver_sql(
         "SELECT s.creatorid, s.state_id, s.pk, s.dyn_hash, s.created_at, s.expires_at, "
-        "s.last_seen FROM pfh_lookup l JOIN states s "
+        "s.last_seen, s.ended_by FROM pfh_lookup l JOIN states s "
         "ON s.creatorid = l.creatorid AND s.state_id = l.state_id "
         "WHERE s.ended_before IS NOT NULL")
     return {(r[0], r[1]): tuple(r[2:]) for r in rows}
@@ -206,14 +216,14 @@ def stage(conn, rows, peer_rows, first=False):
     _executemany(conn, _insert_sql("pfh_peers", STAGED_PEER_COLUMNS), peer_rows)
 
 
-def apply_staged(conn, collection_id):
+def apply_staged(conn, collection_id, count_moved=True):
     """Move the staged states' previous values to samples and take the new ones.
 
     Returns (packets, bytes) the staged states moved since their previous
-    values (never negative per state).
+    values (never negative per state; 0, 0 unless count_moved), and the samples written.
     """
     ph = _ph(conn)
-    moved = conn.exec_driver_sql(
+    moved = (0, 0) if not count_moved else conn.exec_driver_sql(
         "SELECT COALESCE(SUM("
         "CASE WHEN i.packets0 > s.packets0 THEN i.packets0 - s.packets0 ELSE 0 END + "
         "CASE WHEN i.packets1 > s.packets1 THEN i.packets1 - s.packets1 ELSE 0 END), 0), "
@@ -252,10 +262,15 @@ def apply_staged(conn, collection_id):
 
 
 def close_states(conn, pks, last_seen, last_seen_at, ended_before, ended_before_at):
-    """Close open states a collection did not see."""
-    _executemany(conn, "UPDATE states SET last_seen = ?, last_seen_at = ?, "
+    """Close open states a collection did not see: last seen by the previous snapshot
+    (last_seen), or by the pfsync batch that first reported them if that came later."""
+    _executemany(conn, "UPDATE states SET "
+                       "last_seen_at = CASE WHEN first_seen > ? THEN (SELECT collected_at "
+                       "FROM collections c WHERE c.id = states.first_seen) ELSE ? END, "
+                       "last_seen = CASE WHEN first_seen > ? THEN first_seen ELSE ? END, "
                        "ended_before = ?, ended_before_at = ? WHERE pk = ?",
-                 [(last_seen, last_seen_at, ended_before, ended_before_at, pk) for pk in pks])
+                 [(last_seen, last_seen_at, last_seen, last_seen, ended_before,
+                   ended_before_at, pk) for pk in pks])
 
 
 def reopen_states(conn, rows, collection_id):
@@ -704,10 +719,11 @@ _ROLLUP_JOIN = ("JOIN state_keys wk ON wk.state_pk = s.pk AND wk.side = 0 "
 
 
 def pending_rollups(conn):
-    """(id, collected_at) of collections not yet counted in rollups, oldest first."""
+    """(id, collected_at) of snapshot collections not yet counted in rollups, oldest
+    first (pfsync batches are not rolled up)."""
     return [tuple(r) for r in conn.execute(
-        select(Collection.id, Collection.collected_at).where(Collection.rolled_up == 0)
-        .order_by(Collection.id))]
+        select(Collection.id, Collection.collected_at)
+        .where(Collection.rolled_up == 0, Collection.kind == 0).order_by(Collection.id))]
 
 
 def previous_collection(conn, collection_id):
@@ -817,13 +833,15 @@ def mark_rolled_up(conn, collection_id, value):
 # -- reports -----------------------------------------------------------------------
 
 def collections_between(conn, since, until):
-    """Collections taken in [since, until] (epoch s), oldest first:
+    """Snapshot collections (not pfsync batches) taken in [since, until] (epoch s),
+    oldest first:
     (id, collected_at, states, inserted, closed, packets, bytes, rolled_up)."""
     c = Collection
     return [tuple(r) for r in conn.execute(
         select(c.id, c.collected_at, c.states, c.inserted, c.closed, c.packets, c.bytes,
                c.rolled_up)
-        .where(c.collected_at >= since, c.collected_at <= until).order_by(c.id))]
+        .where(c.collected_at >= since, c.collected_at <= until, c.kind == 0)
+        .order_by(c.id))]
 
 
 def collection_neighbours(conn, since, until):
@@ -831,9 +849,9 @@ def collection_neighbours(conn, since, until):
     until (None where there is none), and the id of the history's first."""
     c = Collection
     before = conn.execute(select(func.max(c.collected_at))
-                          .where(c.collected_at < since)).scalar()
+                          .where(c.collected_at < since, c.kind == 0)).scalar()
     after = conn.execute(select(func.min(c.collected_at))
-                         .where(c.collected_at > until)).scalar()
+                         .where(c.collected_at > until, c.kind == 0)).scalar()
     first = conn.execute(select(func.min(c.id))).scalar()
     return before, after, first
 
@@ -942,7 +960,7 @@ def states_by_pk(conn, pks):
 def collection_states_at(conn, at):
     """(id, states) of the newest collection at or before instant at, or None."""
     row = conn.execute(select(Collection.id, Collection.states)
-                       .where(Collection.collected_at <= at)
+                       .where(Collection.collected_at <= at, Collection.kind == 0)
                        .order_by(Collection.collected_at.desc(), Collection.id.desc())
                        .limit(1)).first()
     return tuple(row) if row else None
@@ -975,3 +993,186 @@ def states_alive_at(conn, at, pk_max, until, limit, created_by=None, by_rowid=Fa
         f"s.pk LIMIT {int(limit)}",
         (latest, *params, latest, until, latest, until)).fetchall()
     return total, rows
+
+
+# -- pfsync events ------------------------------------------------------------------
+
+SYNC_LOOKUP_COLUMNS = ("pk", "first_seen", "last_seen", "ended_before", "ended_by",
+                       "last_seen_at", "ended_before_at", "proto", "src_state", "src_seqlo",
+                       "dst_state", "dst_seqlo")
+_LOOKUP_SQL = {"src_state": "ps.state", "src_seqlo": "ps.seqlo", "dst_state": "pd.state",
+               "dst_seqlo": "pd.seqlo"}
+
+# pfsync_in_upd_c()/pfsync_upd_tcp() (sys/net/if_pfsync.c) ignore an update that would
+# move a peer backwards: for TCP a peer state going back (unless out of synproxy, states
+# PF_TCPS_PROXY_SRC 11 and up) or a sequence number going back (SEQ_GT, modulo 2**32; for
+# dst once it has seen a SYN, TCPS_SYN_SENT 2); for other protocols a state going back.
+# {p} is the stored peer's alias, {n} the prefix of the new values.
+_SEQ_GT = "((({a}) - ({b})) % 4294967296 + 4294967296) % 4294967296 BETWEEN 1 AND 2147483647"
+_STALE_SQL = (
+    "(CASE WHEN s.proto = 6 THEN "
+    "(ps.state > {n}src_state AND (ps.state < 11 OR {n}src_state >= 11)) OR "
+    + _SEQ_GT.format(a="ps.seqlo", b="{n}src_seqlo") + " OR pd.state > {n}dst_state OR "
+    "(pd.state >= 2 AND " + _SEQ_GT.format(a="pd.seqlo", b="{n}dst_seqlo") + ") "
+    "ELSE ps.state > {n}src_state OR pd.state > {n}dst_state END)")
+
+
+def sync_lookup(conn, keys):
+    """{(creatorid, state_id): row in SYNC_LOOKUP_COLUMNS order} of the states among keys,
+    open or closed: what applying pfsync messages to them needs."""
+    if not keys:
+        return {}
+    _temp_table(conn, "pfh_lookup", "creatorid BIGINT, state_id BIGINT")
+    _executemany(conn, "INSERT INTO pfh_lookup VALUES (?, ?)", keys)
+    cols = ", ".join(_LOOKUP_SQL.get(c, f"s.{c}") for c in SYNC_LOOKUP_COLUMNS)
+    rows = conn.exec_driver_sql(
+        f"SELECT s.creatorid, s.state_id, {cols} FROM pfh_lookup l JOIN states s "
+        f"ON s.creatorid = l.creatorid AND s.state_id = l.state_id "
+        f"JOIN state_peers ps ON ps.state_pk = s.pk AND ps.side = 0 "
+        f"JOIN state_peers pd ON pd.state_pk = s.pk AND pd.side = 1").cursor.fetchall()
+    return {(r[0], r[1]): r[2:] for r in rows}
+
+
+def end_states(conn, rows):
+    """Close states pfsync reported removed: rows of (last_seen, last_seen_at,
+    ended_before, ended_before_at, pk); ended_by = 1 marks the time as exact."""
+    _executemany(conn, "UPDATE states SET last_seen = ?, last_seen_at = ?, ended_before = ?, "
+                       "ended_before_at = ?, ended_by = 1 WHERE pk = ?", rows)
+
+
+def refine_ends(conn, rows):
+    """States a collection closed (ended in a window) whose removal pfsync reported:
+    rows of (at, at, pk); the window narrows to that instant."""
+    _executemany(conn, "UPDATE states SET last_seen_at = ?, ended_before_at = ?, "
+                       "ended_by = 1 WHERE pk = ?", rows)
+
+
+def clear_states(conn, creatorid, ifname, collection_id, prev_id, at):
+    """pfsync CLR: end every open state of creatorid (on ifname, unless None) at ``at``.
+    Returns how many."""
+    ph = _ph(conn)
+    where = f"creatorid = {ph} AND ended_before IS NULL"
+    params = [collection_id, collection_id, prev_id, at, collection_id, at, creatorid]
+    if ifname is not None:
+        where += f" AND ifname = {ph}"
+        params.append(ifname)
+    n = conn.exec_driver_sql(
+        f"UPDATE states SET last_seen = CASE WHEN first_seen >= {ph} THEN {ph} ELSE {ph} END, "
+        f"last_seen_at = {ph}, ended_before = {ph}, ended_before_at = {ph}, ended_by = 1 "
+        f"WHERE {where}", tuple(params)).rowcount
+    if ifname is None:
+        conn.exec_driver_sql(f"UPDATE partial_states SET ended_at = {ph} "
+                             f"WHERE creatorid = {ph} AND ended_at IS NULL", (at, creatorid))
+    return n
+
+
+def delete_partial_states(conn, keys):
+    """Forget partial states a full record has made states: keys (creatorid, state_id)."""
+    _executemany(conn, "DELETE FROM partial_states WHERE creatorid = ? AND state_id = ?", keys)
+
+
+def prune_partial_states(conn, before_at):
+    """Forget partial states last heard of (or ended) at or before before_at."""
+    return conn.exec_driver_sql(
+        f"DELETE FROM partial_states WHERE COALESCE(ended_at, last_at) <= {_ph(conn)}",
+        (before_at,)).rowcount
+
+
+def count_partial_states(conn):
+    return conn.exec_driver_sql("SELECT count(*) FROM partial_states").scalar()
+
+
+# Compressed messages (UPD_C, DEL_C) applied set-wise: staged by (creatorid, state_id),
+# never fetched into Python except for the few states already closed.
+COMPRESSED_COLUMNS = ("creatorid", "state_id", "first_at", "last_at", "end_at", "updates",
+                      "has_peers", "timeout", *(f"src_{f}" for f in PEER_FIELDS),
+                      *(f"dst_{f}" for f in PEER_FIELDS))
+_C_JOIN = "s.creatorid = c.creatorid AND s.state_id = c.state_id"
+
+
+def stage_compressed(conn, rows):
+    """Stage the net effect of compressed messages, rows in COMPRESSED_COLUMNS order."""
+    _temp_table(conn, "pfh_sync_c", ", ".join(f"{c} BIGINT" for c in COMPRESSED_COLUMNS))
+    _executemany(conn, _insert_sql("pfh_sync_c", COMPRESSED_COLUMNS), rows)
+
+
+def compressed_stale(conn):
+    """Drop staged peer updates that would move an open state's peers backwards (the
+    kernel's rule above); returns how many."""
+    stale = _STALE_SQL.format(n="pfh_sync_c.")
+    return max(conn.exec_driver_sql(
+        f"UPDATE pfh_sync_c SET has_peers = 0 WHERE has_peers = 1 AND EXISTS ("
+        f"SELECT 1 FROM states s JOIN state_peers ps ON ps.state_pk = s.pk AND ps.side = 0 "
+        f"JOIN state_peers pd ON pd.state_pk = s.pk AND pd.side = 1 "
+        f"WHERE s.creatorid = pfh_sync_c.creatorid AND s.state_id = pfh_sync_c.state_id "
+        f"AND s.ended_before IS NULL AND {stale})").rowcount, 0)
+
+
+def compressed_closed(conn):
+    """Staged states that are closed: (pk, first_seen, last_seen, ended_before, ended_by,
+    last_seen_at, ended_before_at, has_peers, end_at)."""
+    return conn.exec_driver_sql(
+        f"SELECT s.pk, s.first_seen, s.last_seen, s.ended_before, s.ended_by, s.last_seen_at, "
+        f"s.ended_before_at, c.has_peers, c.end_at FROM pfh_sync_c c JOIN states s "
+        f"ON {_C_JOIN} WHERE s.ended_before IS NOT NULL").cursor.fetchall()
+
+
+def compressed_partial(conn):
+    """Record staged states no full record ever made states; returns how many."""
+    peers = "CASE WHEN c.has_peers = 1 THEN c.{} END"
+    sql = (
+        "INSERT INTO partial_states (creatorid, state_id, first_at, last_at, ended_at, "
+        "updates, timeout, src_state, dst_state) "
+        f"SELECT c.creatorid, c.state_id, c.first_at, c.last_at, c.end_at, c.updates, "
+        f"{peers.format('timeout')}, {peers.format('src_state')}, {peers.format('dst_state')} "
+        f"FROM pfh_sync_c c WHERE NOT EXISTS (SELECT 1 FROM states s WHERE {_C_JOIN}) "
+        "ON CONFLICT (creatorid, state_id) DO UPDATE SET last_at = excluded.last_at, "
+        "ended_at = COALESCE(partial_states.ended_at, excluded.ended_at), "
+        "updates = partial_states.updates + excluded.updates, "
+        "timeout = COALESCE(excluded.timeout, partial_states.timeout), "
+        "src_state = COALESCE(excluded.src_state, partial_states.src_state), "
+        "dst_state = COALESCE(excluded.dst_state, partial_states.dst_state)")
+    return max(conn.exec_driver_sql(sql).rowcount, 0)
+
+
+def apply_compressed(conn, collection_id, prev_id):
+    """Apply staged compressed messages to open states: new peers and timeout (the
+    previous values kept as a sample), then removals at their times (ended_by 1).
+    Returns (updated, samples, ended)."""
+    ph = _ph(conn)
+    dyn = ", ".join(f"s.{f}" for f in DYNAMIC_STATE_FIELDS)
+    peers = ", ".join([f"ps.{f}" for f in PEER_FIELDS] + [f"pd.{f}" for f in PEER_FIELDS])
+    sample_cols = ", ".join(["state_pk", "valid_until", "valid_from", "present",
+                             *DYNAMIC_STATE_FIELDS,
+                             *(f"src_{f}" for f in PEER_FIELDS),
+                             *(f"dst_{f}" for f in PEER_FIELDS)])
+    samples = conn.exec_driver_sql(
+        f"INSERT INTO samples ({sample_cols}) "
+        f"SELECT s.pk, {ph}, s.values_since, 1, {dyn}, {peers} "
+        f"FROM pfh_sync_c c JOIN states s ON {_C_JOIN} "
+        f"JOIN state_peers ps ON ps.state_pk = s.pk AND ps.side = 0 "
+        f"JOIN state_peers pd ON pd.state_pk = s.pk AND pd.side = 1 "
+        f"WHERE c.has_peers = 1 AND s.ended_before IS NULL AND s.values_since < {ph}",
+        (collection_id, collection_id)).rowcount
+    for side, prefix in ((0, "src_"), (1, "dst_")):
+        sets = ", ".join(f"{f} = c.{prefix}{f}" for f in PEER_FIELDS)
+        conn.exec_driver_sql(
+            f"UPDATE state_peers SET {sets} FROM pfh_sync_c c JOIN states s ON {_C_JOIN} "
+            f"WHERE state_peers.state_pk = s.pk AND state_peers.side = {side} "
+            f"AND c.has_peers = 1 AND s.ended_before IS NULL")
+    # dyn_hash 0 is "not known": the next snapshot compares unequal and records its values.
+    updated = conn.exec_driver_sql(
+        f"UPDATE states SET timeout = c.timeout, dyn_hash = 0, peer_hash = NULL, "
+        f"values_since = {ph} "
+        f"FROM pfh_sync_c c WHERE states.creatorid = c.creatorid "
+        f"AND states.state_id = c.state_id AND c.has_peers = 1 "
+        f"AND states.ended_before IS NULL", (collection_id,)).rowcount
+    ended = conn.exec_driver_sql(
+        f"UPDATE states SET last_seen = CASE WHEN states.first_seen >= {ph} THEN {ph} "
+        f"ELSE {ph} END, last_seen_at = c.end_at, ended_before = {ph}, "
+        f"ended_before_at = c.end_at, ended_by = 1 "
+        f"FROM pfh_sync_c c WHERE states.creatorid = c.creatorid "
+        f"AND states.state_id = c.state_id AND c.end_at IS NOT NULL "
+        f"AND states.ended_before IS NULL",
+        (collection_id, collection_id, prev_id, collection_id)).rowcount
+    return max(updated, 0), max(samples, 0), max(ended, 0)

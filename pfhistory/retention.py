@@ -31,6 +31,8 @@ def prune(engine, before_at):
             break
         # Aim each batch at about half a second of write lock.
         batch = max(100, min(100_000, int(batch * _TARGET_S / max(elapsed, 1e-3))))
+    with write_transaction(engine) as conn:
+        queries.prune_partial_states(conn, before_at)
     while True:
         with write_transaction(engine) as conn:
             n = queries.prune_orphan_addresses(conn, 10_000)
