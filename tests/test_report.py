@@ -418,3 +418,33 @@ def test_summary_names_the_same_top_talkers(recorded):
         block = out.stdout.split(f"top {kind} hosts by bytes:\n")[1].splitlines()[:3]
         got = [(line.split()[0], int(line.split()[1].replace(",", ""))) for line in block]
         assert got == [(h, v[0] + v[1]) for h, v in want]
+
+
+def test_pfsync_batches_are_not_collections_in_the_report(recorded, tmp_path):
+    """Snapshots and pfsync events in one history: coverage and rollups count the
+    snapshots; the batches neither hide gaps nor wait to be rolled up."""
+    import shutil
+    import sqlite3
+
+    db = tmp_path / "mixed.db"
+    shutil.copy(recorded[0], db)
+    start = SCAN_AT + timedelta(minutes=1)
+    pcap = tmp_path / "sync.pcap"
+    out = run_cli("simulate", "--pfsync", pcap, "--states", 300, "--duration", "3m",
+                  "--start", start.isoformat(), "--seed", 5)
+    assert out.returncode == 0, out.stderr
+    out = run_cli("collect", "--db", db, "--from-pcap", pcap)
+    assert out.returncode == 0, out.stderr
+    with sqlite3.connect(db) as c:
+        batches = c.execute("SELECT count(*) FROM collections WHERE kind = 1").fetchone()[0]
+    assert batches > 0
+    until = (start + timedelta(minutes=3)).isoformat()
+    out = run_cli("report", "--db", db, "--since", SINCE, "--until", until, "--format", "json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    tables = {t["key"]: t for s in doc["sections"] for t in s["tables"]}
+    assert tables["coverage"]["rows"][0][0] == 91 + 1 - len(MISSING)
+    lines = [line for s in doc["sections"] for line in s["lines"]]
+    assert not any("not yet in the rollups" in line for line in lines)
+    # The minutes after the last snapshot are a blind spot for snapshots.
+    assert tables["gaps"]["rows"][-1][0] == int(SCAN_AT.timestamp())
