@@ -67,18 +67,25 @@ def make_steady(first, out, seed=1):
     return out
 
 
+ROLLUP_S = {}
+
+
 def run_collect(db, snapshot):
     """`pfhistory collect` in a subprocess; seconds, CPU seconds and peak RSS (bytes)."""
     code = ("import sys, time; sys.path.insert(0, sys.argv[3]); from decode import peak_rss_kb; "
             "from pfhistory.cli import main; t = time.perf_counter(); c = time.process_time(); "
-            "rc = main(['collect', '--db', sys.argv[1], '--from-file', sys.argv[2]]); "
+            "rc = main(['collect', '-v', '--db', sys.argv[1], '--from-file', sys.argv[2]]); "
             "print(time.perf_counter() - t, time.process_time() - c, peak_rss_kb()); "
             "sys.exit(rc)")
     out = subprocess.run([sys.executable, "-c", code, str(db), str(snapshot),
                           str(Path(__file__).resolve().parent)], capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(out.stderr)
-    seconds, cpu, rss = out.stdout.split()
+    *said, last = out.stdout.strip().splitlines()
+    seconds, cpu, rss = last.split()
+    # -v says how long the rollups after the collection took (pfhistory.rollup):
+    # part of the run, shown apart because the baseline makes none.
+    ROLLUP_S[str(snapshot)] = int(said[-1].rsplit("rollups ", 1)[1].split()[0]) / 1000
     return float(seconds), float(cpu), int(rss) * 1024
 
 
@@ -88,7 +95,11 @@ def run_baseline(db, snapshot, collection_id):
                           str(collection_id)], capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(out.stderr)
-    seconds, cpu, rss = out.stdout.split()
+    *said, last = out.stdout.strip().splitlines()
+    seconds, cpu, rss = last.split()
+    # -v says how long the rollups after the collection took (pfhistory.rollup):
+    # part of the run, shown apart because the baseline makes none.
+    ROLLUP_S[str(snapshot)] = int(said[-1].rsplit("rollups ", 1)[1].split()[0]) / 1000
     return float(seconds), float(cpu), int(rss) * 1024
 
 
@@ -287,6 +298,8 @@ def bench(states, work):
         print(f"{name:28}{p[key] / 1e6:>14.0f}{b[key] / 1e6:>14.0f}")
     print(f"{'db growth per new state, B':28}{p['bytes_per_state']:>14.0f}"
           f"{b['bytes_per_state']:>14.0f}")
+    print(f"{'of which rollups, s':28}{ROLLUP_S.get(str(first), 0):>14.2f} first, "
+          f"{ROLLUP_S.get(str(steady), 0):.2f} steady")
     if p["sample_bytes"] is not None:
         per_collection = p["sample_bytes"]
         print(f"{'samples per collection, MB':28}{per_collection / 1e6:>14.1f}"
