@@ -95,11 +95,7 @@ def run_baseline(db, snapshot, collection_id):
                           str(collection_id)], capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(out.stderr)
-    *said, last = out.stdout.strip().splitlines()
-    seconds, cpu, rss = last.split()
-    # -v says how long the rollups after the collection took (pfhistory.rollup):
-    # part of the run, shown apart because the baseline makes none.
-    ROLLUP_S[str(snapshot)] = int(said[-1].rsplit("rollups ", 1)[1].split()[0]) / 1000
+    seconds, cpu, rss = out.stdout.split()
     return float(seconds), float(cpu), int(rss) * 1024
 
 
@@ -124,7 +120,9 @@ def baseline(db, snapshot, collection_id):
     next_pk = (con.execute("SELECT max(pk) FROM states").fetchone()[0] or 0) + 1
     next_addr = (con.execute("SELECT max(id) FROM addresses").fetchone()[0] or 0) + 1
     addr_ids = {(af, bytes(b)): i for i, af, b in con.execute("SELECT id, af, bin FROM addresses")}
-    con.execute("INSERT INTO collections VALUES (?, ?, ?, 'bench', NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0)",
+    con.execute("INSERT INTO collections (id, collected_at, source, host, creatorid, states, "
+                "inserted, updated, reopened, closed, packets, bytes, samples, duration_ms) "
+                "VALUES (?, ?, ?, 'bench', NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0)",
                 (collection_id, t, str(snapshot)))
     peer_names = [f"{side}_{f}" for side in ("src", "dst") for f in PEER_FIELDS]
     for c in sources.iter_columns(snapshot):
@@ -184,7 +182,10 @@ def baseline(db, snapshot, collection_id):
                 peers.append(("insert", (pk, side_no,
                                          *(cols[prefix + f][i] for f in PEER_FIELDS))))
         con.executemany(f"INSERT INTO addresses VALUES (?, ?, ?, ?)", addresses)
-        con.executemany(f"INSERT INTO states VALUES ({', '.join('?' * 38)})", new_states)
+        # The first 38 columns as migrations made them (later ones stay NULL).
+        names = [r[1] for r in con.execute("PRAGMA table_info(states)")][:38]
+        con.executemany(f"INSERT INTO states ({', '.join(names)}) "
+                        f"VALUES ({', '.join('?' * 38)})", new_states)
         con.executemany("INSERT INTO state_keys VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", keys)
         con.executemany(f"INSERT INTO state_peers VALUES ({', '.join('?' * 13)})",
                         [p for kind, p in peers if kind == "insert"])
