@@ -422,7 +422,8 @@ class _Builder:
                   ["source", "hour", "new states", "usual per hour", "times usual"],
                   ["text", "time", "int", "int", "text"])
         t.note = (f"At least {BURST_MIN} new states in one hour and {BURST_FACTOR}x the "
-                  f"source's median count in the other hours of the period and the week before.")
+                  f"source's median count in the other hours of the period and the week before "
+                  f"(the hour of the history's first collection, its baseline, left out).")
         period = queries.rollup_bursts(self.conn, R.SOURCE, self.hour_lo, self.hour_hi,
                                        BURST_MIN)
         peaks = {}
@@ -433,8 +434,11 @@ class _Builder:
             return t
         lo = self.hour_lo - USUAL_LOOKBACK_S
         hist = queries.rollup_hourly(self.conn, R.SOURCE, sorted(peaks), lo, self.hour_hi)
+        # Hours with collections tell what is usual, except the hour of the
+        # history's first collection: all its states count as new there.
         covered = sorted({R.hour_of(c[1])
-                          for c in queries.collections_between(self.conn, lo, self.until)})
+                          for c in queries.collections_between(self.conn, lo, self.until)
+                          if c[0] != self.first_id})
         counts = {}
         for hour, key, states, _o, _i in hist:
             counts.setdefault(key, {})[hour] = int(states)
@@ -443,7 +447,9 @@ class _Builder:
             # usual: the median of its other hours (an hour with collections
             # and none of its states counts as 0)
             series = [counts.get(key, {}).get(h, 0) for h in covered if h != hour]
-            usual = median(series) if series else 0
+            if not series:
+                continue        # no other hour to compare with: nothing is usual yet
+            usual = median(series)
             if states >= BURST_FACTOR * max(usual, 1):
                 found.append((key, hour, states, usual))
         found.sort(key=lambda f: (-f[2], f[0]))
