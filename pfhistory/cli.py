@@ -109,6 +109,13 @@ def _positive_int(text):
     return n
 
 
+def _at_least_one(text):
+    n = _positive_int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a list needs at least one row")
+    return n
+
+
 def _hex_u32(text):
     try:
         n = int(text, 16)
@@ -435,7 +442,7 @@ def _add_summary(sub):
         epilog="Example:\n  pfhistory summary --db /var/db/pfhistory/history.db\n",
     )
     _add_db_option(p)
-    p.add_argument("--top", type=_positive_int, default=5, help="talkers to list (default 5)")
+    p.add_argument("--top", type=_at_least_one, default=5, help="talkers to list (default 5)")
     p.set_defaults(func=_cmd_summary)
 
 
@@ -575,7 +582,7 @@ def _add_report(sub):
     p.add_argument("--format", choices=("text", "html", "csv", "json"), default="text")
     p.add_argument("-o", "--output", metavar="FILE",
                    help="write to FILE (created owner-only) instead of standard output")
-    p.add_argument("--top", type=_positive_int, default=10, help="rows per top list (default 10)")
+    p.add_argument("--top", type=_at_least_one, default=10, help="rows per top list (default 10)")
     p.set_defaults(func=_cmd_report)
 
 

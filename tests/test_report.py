@@ -350,6 +350,12 @@ def test_bad_periods_are_one_sentence(recorded, args, message):
     assert len(out.stderr.strip().splitlines()) == 1
 
 
+def test_top_needs_a_row(recorded):
+    out = run_cli("report", "--db", recorded[0], "--top", "0")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].endswith("'0': a list needs at least one row")
+
+
 def test_missing_and_foreign_databases_are_refused(tmp_path):
     out = run_cli("report", "--db", tmp_path / "nope.db")
     assert out.returncode != 0 and "Traceback" not in out.stderr
