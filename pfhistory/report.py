@@ -19,6 +19,7 @@ from pfhistory import rollup as R
 from pfhistory.exceptions import PFError
 from pfhistory.protocols import PROTOCOL_NAMES
 from pfhistory.pfvar import PF_OUT
+from pfhistory.timespec import format_duration, format_epoch
 
 __all__ = ["Report", "Section", "Table", "Chart", "build_report"]
 
@@ -78,29 +79,6 @@ class Report:
     database: str
     sections: list = field(default_factory=list)
 
-    def table(self, key):
-        for s in self.sections:
-            for t in s.tables:
-                if t.key == key:
-                    return t
-        raise KeyError(key)
-
-
-def _iso(epoch):
-    return datetime.fromtimestamp(epoch, timezone.utc).astimezone().isoformat(
-        timespec="seconds")
-
-
-def _dur(seconds):
-    seconds = int(seconds)
-    if seconds < 120:
-        return f"{seconds} s"
-    if seconds < 7200:
-        return f"{seconds // 60} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
-
 
 _PORTED = (6, 17, 132)
 
@@ -123,7 +101,7 @@ def _rule(rule, anchor):
 def build_report(conn, since, until, database="", top=TOP, now=None):
     """The report of [since, until] (epoch seconds) from an open connection."""
     if until < since:
-        raise PFError(f"--until ({_iso(until)}) is before --since ({_iso(since)})")
+        raise PFError(f"--until ({format_epoch(until)}) is before --since ({format_epoch(since)})")
     rep = Report(since=since, until=until, database=database,
                  generated_at=int(now if now is not None else
                                   datetime.now(timezone.utc).timestamp()))
@@ -149,7 +127,7 @@ def _coverage(colls, since, until, before, after):
                     ["int", "time", "time", "duration"])
     sec.tables += [summary, gaps_t]
     if not times:
-        sec.lines.append(f"No collection was taken between {_iso(since)} and {_iso(until)}: "
+        sec.lines.append(f"No collection was taken between {format_epoch(since)} and {format_epoch(until)}: "
                          f"the history knows nothing of this period.")
         summary.rows = [(0, None, None, None)]
         gaps_t.rows = [(since, until, until - since)]
@@ -171,10 +149,10 @@ def _coverage(colls, since, until, before, after):
         blind = sum(r[2] for r in gaps_t.rows)
         sec.lines.append(
             f"{len(gaps_t.rows)} gap(s) longer than {GAP_FACTOR}x the usual interval "
-            f"({_dur(usual)}), {_dur(blind)} in all: connections that began and ended "
+            f"({format_duration(usual)}), {format_duration(blind)} in all: connections that began and ended "
             f"inside a gap are not in the history.")
     else:
-        sec.lines.append(f"No gaps: {len(times):,} collections, one every {_dur(usual)}."
+        sec.lines.append(f"No gaps: {len(times):,} collections, one every {format_duration(usual)}."
                          if usual else "One collection only: nothing between collections "
                                        "can be told.")
     return sec
@@ -224,10 +202,10 @@ class _Builder:
         t.rows = [("states seen", seen), ("new states", new), ("ended states", ended),
                   ("peak concurrent states", peak[2]), ("bytes moved", moved_b),
                   ("packets moved", moved_p)]
-        t.note = (f"Peak at {_iso(peak[1])}. New and ended states are those first seen "
+        t.note = (f"Peak at {format_epoch(peak[1])}. New and ended states are those first seen "
                   f"and last seen between collections; states that began and ended "
                   f"between two collections are not counted.")
-        sec.lines.append(f"Peak: {peak[2]:,} concurrent states at {_iso(peak[1])}.")
+        sec.lines.append(f"Peak: {peak[2]:,} concurrent states at {format_epoch(peak[1])}.")
         pending = [c for c in colls if c[7] == 0]
         partial = [c for c in colls if c[7] == 2]
         if pending:
@@ -237,7 +215,7 @@ class _Builder:
             sec.lines.append(f"{len(partial)} collection(s) were rolled up after their "
                              f"samples expired: top lists count only their new states.")
         sec.lines.append(
-            f"Top lists count whole UTC hours: {_iso(self.hour_lo)} to {_iso(self.hour_hi)}.")
+            f"Top lists count whole UTC hours: {format_epoch(self.hour_lo)} to {format_epoch(self.hour_hi)}.")
         series = Table("timeline", "Per collection", ["time", "concurrent states",
                                                        "new states", "ended states",
                                                        "bytes moved"],
@@ -409,11 +387,11 @@ class _Builder:
         sec.tables.append(self._bursts())
         total, rows = self._alive(self.until, top, created_by=self.until - LONG_OPEN_S)
         t = self._connections("open_for_days",
-                              f"Connections open for more than {_dur(LONG_OPEN_S)}", rows)
-        t.note = f"{total:,} in all at {_iso(self.until)}; the oldest are listed."
+                              f"Connections open for more than {format_duration(LONG_OPEN_S)}", rows)
+        t.note = f"{total:,} in all at {format_epoch(self.until)}; the oldest are listed."
         sec.tables.append(t)
         sec.lines.append(f"{total:,} connection(s) had been open for more than "
-                         f"{_dur(LONG_OPEN_S)} at the end of the period.")
+                         f"{format_duration(LONG_OPEN_S)} at the end of the period.")
         self.rep.sections.append(sec)
 
     def _bursts(self):

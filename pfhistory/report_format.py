@@ -10,9 +10,8 @@ import io
 import json
 import os
 import sys
-from datetime import datetime, timezone
-
 from pfhistory.exceptions import PFError
+from pfhistory.timespec import format_duration, format_epoch
 
 __all__ = ["show", "write", "write_text", "write_csv", "write_json"]
 
@@ -30,25 +29,9 @@ def human_bytes(n):
     return f"{n} B" if unit == 0 else f"{value:.1f} {_UNITS[unit]}"
 
 
-def human_duration(seconds):
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    d, s = divmod(s, 86400)
-    h, s = divmod(s, 3600)
-    m, s = divmod(s, 60)
-    if d:
-        return f"{d}d{h:02d}h{m:02d}m"
-    if h:
-        return f"{h}h{m:02d}m"
-    return f"{m}m{s:02d}s" if m else f"{s}s"
-
-
-def local_time(epoch):
-    if epoch is None:
-        return "-"
-    return datetime.fromtimestamp(epoch, timezone.utc).astimezone().isoformat(
-        timespec="seconds")
+# One way to show instants and durations, shared with the report's sentences.
+human_duration = format_duration
+local_time = format_epoch
 
 
 def show(value, kind):

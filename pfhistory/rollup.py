@@ -23,7 +23,7 @@ import time
 from pfhistory import queries
 from pfhistory.db import write_transaction
 from pfhistory.exceptions import PFError
-from pfhistory.pfvar import OPENBSD_AF_INET, OPENBSD_AF_INET6, PF_OUT
+from pfhistory.pfvar import PF_OUT
 
 __all__ = ["DIMENSIONS", "DEFAULT_LOCAL_NETWORKS", "parse_networks", "local_networks",
            "roll_up_pending"]
@@ -70,12 +70,10 @@ def local_networks(conn):
 
 
 def _ranges(nets):
-    out = []
-    for text in nets:
-        net = ipaddress.ip_network(text)
-        af = OPENBSD_AF_INET if net.version == 4 else OPENBSD_AF_INET6
-        out.append((af, net.network_address.packed, net.broadcast_address.packed))
-    return out
+    """(af, first, last) of each network, as addresses are stored."""
+    from pfhistory.history import parse_host
+
+    return [parse_host(n, "a local network") for n in nets]
 
 
 def roll_up_pending(engine, limit=None):

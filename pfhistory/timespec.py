@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 from pfhistory.exceptions import PFError
 
-__all__ = ["parse_duration", "parse_time", "format_time"]
+__all__ = ["parse_duration", "parse_time", "format_time", "format_epoch", "format_duration"]
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
@@ -46,3 +46,25 @@ def format_time(t):
     if t is None:
         return "-"
     return t.astimezone().isoformat(timespec="seconds")
+
+
+def format_epoch(epoch):
+    """Epoch seconds (UTC) in local time with its offset, to the second."""
+    if epoch is None:
+        return "-"
+    return format_time(datetime.fromtimestamp(epoch, timezone.utc))
+
+
+def format_duration(seconds):
+    """Seconds as 45s, 3m05s, 2h07m or 1d03h20m."""
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    if d:
+        return f"{d}d{h:02d}h{m:02d}m"
+    if h:
+        return f"{h}h{m:02d}m"
+    return f"{m}m{s:02d}s" if m else f"{s}s"
