@@ -126,9 +126,18 @@ def _on_sqlite_begin(conn):
     of what is durable.
     """
     writer = bool(conn.info.get("writer"))
-    if conn.info.get("temp_in_memory") != writer:
+    if conn.info.get("writer_pragmas") != writer:
         conn.exec_driver_sql(f"PRAGMA temp_store = {'MEMORY' if writer else 'DEFAULT'}")
-        conn.info["temp_in_memory"] = writer
+        # Our writers (collect, listen, prune, rollups) keep references whole
+        # themselves: children are written after the parents they just wrote
+        # or read, prune deletes children before parents (no cascade needed).
+        # SQLite's per-row checks would cost a steady 1M-state collection about
+        # 3 s (every sample insert looks up its state; every state update
+        # scans for referencing rows). tests/test_collect.py runs
+        # PRAGMA foreign_key_check on every history it builds. Other
+        # connections (migrations, the sqlite3 shell) keep the checks on.
+        conn.exec_driver_sql(f"PRAGMA foreign_keys = {'OFF' if writer else 'ON'}")
+        conn.info["writer_pragmas"] = writer
     conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
 
 

@@ -100,6 +100,17 @@ def test_keys_never_duplicate(recorded):
                        "GROUP BY af, bin HAVING count(*) > 1)").fetchone()[0] == 0
 
 
+def test_every_reference_is_whole(recorded):
+    """The collector writes with SQLite's per-row foreign-key checks off (pfhistory.db):
+    every key, peer and sample still names a state, every key an address."""
+    con = _db(recorded)
+    assert con.execute("SELECT count(*) FROM samples").fetchone()[0] > 0
+    assert con.execute("PRAGMA foreign_key_check").fetchall() == []
+    assert con.execute("SELECT count(*) FROM state_keys k WHERE NOT EXISTS (SELECT 1 FROM "
+                       "addresses a WHERE a.id = k.addr0) OR NOT EXISTS (SELECT 1 FROM "
+                       "addresses a WHERE a.id = k.addr1)").fetchone()[0] == 0
+
+
 def test_collections_log_and_aggregates(small_series, recorded):
     con = _db(recorded)
     summary = json.loads((small_series.truth_path.parent / "truth-summary.json").read_text())

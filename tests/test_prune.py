@@ -37,6 +37,7 @@ def test_prune_deletes_ended_states_and_keeps_the_rest(recorded):
 
     con = sqlite3.connect(db)
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert con.execute("PRAGMA foreign_key_check").fetchall() == []
     n = _count(con, "SELECT count(*) FROM states")
     assert n == before_total - doomed
     assert _count(con, "SELECT count(*) FROM states WHERE ended_before_at <= ?", cutoff) == 0

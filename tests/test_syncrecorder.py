@@ -365,6 +365,8 @@ def test_snapshots_and_pfsync_of_one_firewall_tell_one_story(tmp_path):
     # The snapshots found counters pfsync's compressed updates do not carry.
     assert rows(tmp_path / "h.db", "SELECT count(*) FROM states WHERE packets0 > 0")[0][0] > 100
     assert rows(tmp_path / "h.db", "SELECT count(DISTINCT kind) FROM collections") == [(2,)]
+    # Written without SQLite's per-row foreign-key checks (pfhistory.db), yet whole.
+    assert rows(tmp_path / "h.db", "PRAGMA foreign_key_check") == []
 
 
 # -- fuzzing at the recorder -------------------------------------------------------------
