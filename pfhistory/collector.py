@@ -11,9 +11,10 @@ history only moves forward.
 """
 
 import socket
+import threading
 import time
 from collections import Counter
-from itertools import chain, compress, repeat
+from itertools import compress, repeat
 from operator import eq, is_not, itemgetter, ne, not_
 from dataclasses import dataclass
 
@@ -24,7 +25,7 @@ from pfhistory.addresses import ntop
 from pfhistory.db import write_transaction
 from pfhistory.exceptions import PFError
 from pfhistory.models import PEER_FIELDS
-from pfhistory.pfvar import OPENBSD_AF_INET, PF_RULE_NONE
+from pfhistory.pfvar import OPENBSD_AF_INET
 
 __all__ = ["CollectionResult", "Snapshot", "record_snapshot", "DEFAULT_SAMPLE_RETENTION",
            "expire_samples"]
@@ -37,6 +38,10 @@ _KEY = itemgetter(0, 1)
 _PK = itemgetter(2)
 _VALUES = itemgetter(3, 4, 5)      # dyn_hash, created_at, expires_at
 _PEER_HASH = itemgetter(6)
+# Changed states staged before an apply starts in the background (_Applier),
+# and diffed chunks at most waiting for it to end.
+_APPLY_BATCH = 65536
+_MAX_PENDING_CHUNKS = 8
 # Samples deleted per statement while expiring, so the write lock is short.
 _EXPIRE_BATCH = 20000
 
@@ -109,14 +114,27 @@ class _Recorder:
         self.states = self.inserted = self.updated = self.reopened = 0
         self.new_packets = self.new_bytes = 0
         self.creatorids = Counter()
-        self.staged_any = False
+        self.staged_rows = 0              # staged since the last apply
+        self.pending = []                 # diffed chunks not yet written
+        self.applier = _Applier()
 
     # -- per chunk ---------------------------------------------------------------
 
     def add_chunk(self, c):
-        n = c.n
-        if n == 0:
+        """Diff a chunk against the open states (Python only), then write it
+        unless an apply is running in the background: its writes wait, a few
+        chunks at most, while the next chunks are diffed."""
+        if c.n == 0:
             return
+        self.pending.append((c, self._plan(c)))
+        if not self.applier.busy() or len(self.pending) >= _MAX_PENDING_CHUNKS:
+            self._write_pending()
+
+    def _plan(self, c):
+        """What a chunk asks for: which records are open states whose values (or
+        also peers) changed, and which are unknown; map/compress, no Python loop
+        per state, and no database work (that may run beside an apply)."""
+        n = c.n
         self.states += n
         t = self.t
         cids = c["creatorid"]
@@ -125,8 +143,6 @@ class _Recorder:
         created = [t - x for x in c["creation"]]
         expires = [t + x for x in c["expire"]]
         self.creatorids.update(cids)
-        # Which records are open states whose values (or also peers) changed,
-        # and which are unknown: map/compress, no Python loop per state.
         changed = peers_changed = ([], [])       # (indexes in the chunk, pks)
         if self.open:
             recs = list(map(self.open.pop, zip(cids, sids), repeat(None)))
@@ -144,6 +160,23 @@ class _Recorder:
             del old, diff
         else:
             unknown = list(range(n))
+        staged = self._staged_rows(c, changed, peers_changed, created, expires) \
+            if changed[0] else None
+        self.updated += len(changed[0])
+        return sids, created, expires, unknown, staged
+
+    def _write_pending(self):
+        """Write the chunks diffed so far; start an apply once enough is staged."""
+        self.applier.wait()
+        for c, (sids, created, expires, unknown, staged) in self.pending:
+            self._write(c, sids, created, expires, unknown, staged)
+        self.pending.clear()
+        if self.staged_rows >= _APPLY_BATCH:
+            self.staged_rows = 0
+            self.applier.start(queries.apply_staged, self.conn, self.c)
+
+    def _write(self, c, sids, created, expires, unknown, staged):
+        cids = c["creatorid"]
         # States absent from this chunk's lookup may be closed ones coming back.
         back = {}
         if unknown and self.any_closed:
@@ -168,12 +201,11 @@ class _Recorder:
             self.reopened += len(reopen)
             # Values and peers both staged: the row holds those of its last sighting.
             reopened = (reopen_index, [pk for pk, _ls, _e in reopen])
-            self._stage(c, reopened, reopened, created, expires)
+            self._stage(self._staged_rows(c, reopened, reopened, created, expires))
         if new:
             self._insert(c, new, sids, created, expires)
-        if changed[0]:
-            self._stage(c, changed, peers_changed, created, expires)
-            self.updated += len(changed[0])
+        if staged is not None:
+            self._stage(staged)
 
     def _addresses(self, c, new):
         """addresses.id for every (af, address) the new states use."""
@@ -226,14 +258,14 @@ class _Recorder:
         rt_addr = [ids[ref] if r else None for ref, r in zip(col("rt_addr_ref"), rt)]
         packets0, packets1 = _clamped(col("packets0")), _clamped(col("packets1"))
         bytes0, bytes1 = _clamped(col("bytes0")), _clamped(col("bytes1"))
-        queries.insert_states(self.conn, list(zip(
+        queries.insert_states(self.conn, [
             pks, col("creatorid"), pick(sids), [names[r] for r in col("ifname_ref")],
             col("rule"), col("anchor"), col("nat_rule"), col("proto"), col("direction"),
             col("af"), col("log"), rt, rt_addr, col("rtableid0"), col("rtableid1"),
             col("max_mss"), col("min_ttl"), col("set_tos"), col("set_prio0"), col("set_prio1"),
             pick(created), pick(expires), packets0, packets1, bytes0, bytes1, col("timeout"),
             col("sync_flags"), col("updates"), col("state_flags"), col("dyn_hash"),
-            col("peer_hash"), repeat(cid, n), repeat(cid, n))))
+            col("peer_hash"), [cid] * n, [cid] * n])
         key_cols = {}
         for side in ("wire", "stack"):
             key_cols[side] = (
@@ -243,34 +275,45 @@ class _Recorder:
         mirror = list(map(int, map(eq, zip(*key_cols["wire"]), zip(*key_cols["stack"]))))
         # Rows in (state_pk, side) order, the primary key's: appended, never
         # inserted in the middle.
-        queries.insert_keys(self.conn, list(chain.from_iterable(zip(
-            zip(pks, repeat(0, n), *key_cols["wire"], mirror),
-            zip(pks, repeat(1, n), *key_cols["stack"], repeat(0, n))))))
-        queries.insert_peers(self.conn, list(chain.from_iterable(zip(
-            zip(pks, repeat(0, n), *(col(f"src_{f}") for f in PEER_FIELDS)),
-            zip(pks, repeat(1, n), *(col(f"dst_{f}") for f in PEER_FIELDS))))))
+        both = _interleave(pks, pks)
+        queries.insert_keys(self.conn, [
+            both, [0, 1] * n,
+            *map(_interleave, key_cols["wire"], key_cols["stack"]),
+            _interleave(mirror, [0] * n)])
+        queries.insert_peers(self.conn, [
+            both, [0, 1] * n,
+            *(_interleave(col(f"src_{f}"), col(f"dst_{f}")) for f in PEER_FIELDS)])
         self.new_packets += sum(packets0) + sum(packets1)
         self.new_bytes += sum(bytes0) + sum(bytes1)
         self.inserted += n
 
-    def _stage(self, c, changed, peers_changed, created, expires):
+    def _staged_rows(self, c, changed, peers_changed, created, expires):
+        """(values, peer_values) to stage, column by column: the new values of
+        changed states, the new peers of those whose peers changed."""
         col = c.__getitem__
-        rows = _rows(c.n, changed, [
+        values = _columns(c.n, changed, [
             col("dyn_hash"), col("peer_hash"), created, expires,
             _clamped(col("packets0")), _clamped(col("packets1")),
             _clamped(col("bytes0")), _clamped(col("bytes1")),
             col("timeout"), col("sync_flags"), col("updates"), col("state_flags")])
-        peer_rows = _rows(c.n, peers_changed, [
+        peer_values = _columns(c.n, peers_changed, [
             *(col(f"src_{f}") for f in PEER_FIELDS), *(col(f"dst_{f}") for f in PEER_FIELDS)])
-        queries.stage(self.conn, rows, peer_rows, first=not self.staged_any)
-        self.staged_any = True
+        return values, peer_values
+
+    def _stage(self, staged):
+        values, peer_values = staged
+        # The staging tables are emptied when a batch starts (after an apply).
+        queries.stage_columns(self.conn, values, peer_values, first=self.staged_rows == 0)
+        self.staged_rows += len(values[0])
 
     # -- at the end --------------------------------------------------------------
 
     def finish(self):
-        moved_packets = moved_bytes = samples = 0
-        if self.staged_any:
-            moved_packets, moved_bytes, samples = queries.apply_staged(self.conn, self.c)
+        self._write_pending()
+        self.applier.wait()
+        if self.staged_rows:
+            self.applier.run(queries.apply_staged, self.conn, self.c)
+        moved_packets, moved_bytes, samples = self.applier.totals
         # Open states the snapshot lacks are closed, except those created after it was
         # taken (pfsync reported them meanwhile): they cannot be in it.
         closed = [rec for rec in self.open.values() if rec[4] <= self.t]  # created_at
@@ -288,13 +331,73 @@ class _Recorder:
         }
 
 
-def _rows(n, chosen, fields):
-    """Rows (pk, *values) of chosen = (ascending indexes in a chunk of n
+class _Applier:
+    """Runs apply_staged on a second thread while the main thread diffs chunks.
+
+    SQLite runs each of apply's statements (seconds at a million states)
+    without Python's lock, so the diffing, pure Python, goes on beside it. The
+    connection is never used by both threads at once: the main thread writes
+    only after wait(). Moved packets, bytes and samples written add up in totals.
+    """
+
+    def __init__(self):
+        self.thread = None
+        self.error = None
+        self.totals = (0, 0, 0)
+
+    def busy(self):
+        return self.thread is not None and self.thread.is_alive()
+
+    def start(self, fn, *args):
+        self.wait()
+        self.thread = threading.Thread(target=self._run, args=(fn, *args), daemon=True)
+        self.thread.start()
+
+    def run(self, fn, *args):
+        self._run(fn, *args)
+        self._raise()
+
+    def wait(self):
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+        self._raise()
+
+    def _run(self, fn, *args):
+        try:
+            got = fn(*args)
+            self.totals = tuple(a + b for a, b in zip(self.totals, got))
+        except BaseException as e:  # re-raised in the main thread by wait()
+            self.error = e
+
+    def join_quietly(self):
+        """Wait for the thread without raising: another error is on its way out,
+        and the transaction must not roll back under a running statement."""
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+
+    def _raise(self):
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+
+def _columns(n, chosen, fields):
+    """Columns [pks, *fields] of chosen = (ascending indexes in a chunk of n
     records, their pks); a chunk whose every record is chosen is taken as is."""
     index, pks = chosen
     if len(index) < n:
         fields = [list(map(f.__getitem__, index)) for f in fields]
-    return list(zip(pks, *fields))
+    return [pks, *fields]
+
+
+def _interleave(a, b):
+    """[a0, b0, a1, b1, ...]: the rows of two sides in (state, side) order."""
+    out = [None] * (2 * len(a))
+    out[0::2] = a
+    out[1::2] = b
+    return out
 
 
 def _ifnames(c):
@@ -337,8 +440,12 @@ def record_snapshot(engine, snapshot, host=None, sample_retention=DEFAULT_SAMPLE
             if bulk_load:
                 queries.create_load_indexes(conn)
         except IntegrityError:
+            recorder.applier.join_quietly()
             raise PFError(f"{snapshot.origin}: holds two records of one state (same creatorid "
                           f"and id); not a consistent state table, nothing recorded") from None
+        except BaseException:
+            recorder.applier.join_quietly()
+            raise
         expire_samples(conn, snapshot.collected_at - sample_retention)
         summary["duration_ms"] = int((time.monotonic() - started) * 1000)
         queries.finish_collection(conn, collection_id, summary)

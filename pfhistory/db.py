@@ -153,7 +153,10 @@ def open_engine(url, create=False, readonly=False, wait=BUSY_TIMEOUT_S):
                 # nothing can change the file there, so read it as immutable.
                 flags = "mode=ro" if os.access(path.parent, os.W_OK) else "immutable=1"
                 url = make_url(f"sqlite:///file:{path}?{flags}&uri=true")
-        engine = create_engine(url, connect_args={"timeout": wait})
+        # check_same_thread off: the collector runs its long set-wise statements
+        # on a second thread while the first diffs (collector._Applier); the two
+        # never use a connection at the same time.
+        engine = create_engine(url, connect_args={"timeout": wait, "check_same_thread": False})
         event.listen(engine, "connect",
                      lambda dbapi_conn, rec: _on_sqlite_connect(dbapi_conn, rec, wait))
         event.listen(engine, "begin", _on_sqlite_begin)
