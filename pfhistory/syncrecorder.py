@@ -80,6 +80,8 @@ class _Batch(_Recorder):
         self.new_packets = self.new_bytes = 0
         self.staged_any = False
         self.creatorids = Counter()
+        # What the states a whole record updated moved since their previous values.
+        self.moved_packets = self.moved_bytes = 0
 
 
 class SyncRecorder:
@@ -213,10 +215,13 @@ class SyncRecorder:
         self._apply(conn, batch, segment, prev_id, result)
         result.messages += n_state
         if creators:
-            queries.finish_collection(conn, collection_id,
-                                      {"creatorid": creators.most_common(1)[0][0],
-                                       "packets": min(batch.new_packets, _U63),
-                                       "bytes": min(batch.new_bytes, _U63)})
+            # Bytes moved since the previous collection, as a snapshot counts them: new
+            # states' counters and what whole records added to known states' (the
+            # hourly rollups sum to the collections' bytes).
+            queries.finish_collection(conn, collection_id, {
+                "creatorid": creators.most_common(1)[0][0],
+                "packets": min(batch.new_packets + batch.moved_packets, _U63),
+                "bytes": min(batch.new_bytes + batch.moved_bytes, _U63)})
 
     def _apply(self, conn, batch, segment, prev_id, result):
         """Apply one run of state messages (between CLRs) to the history: states some
@@ -282,7 +287,9 @@ class SyncRecorder:
             result.reopened += len(reopen)
         if staged:
             queries.stage(conn, [r for r, _p in staged], [p for _r, p in staged], first=True)
-            _p, _b, samples = queries.apply_staged(conn, c, count_moved=False)
+            packets, nbytes, samples = queries.apply_staged(conn, c)
+            batch.moved_packets += packets
+            batch.moved_bytes += nbytes
             result.samples += samples
             result.updated += len(staged)
         if ends:
