@@ -16,6 +16,7 @@ from pfhistory.models import (
     Address,
     Collection,
     Rollup,
+    RollupHour,
     Sample,
     Setting,
     State,
@@ -716,26 +717,51 @@ def ping(conn):
 
 _ROLLUP_COLUMNS = ("hour", "dim", "key", "key2", "label", "states", "halfopen",
                    "packets_out", "packets_in", "bytes_out", "bytes_in")
-# The state's identity as a rollup sees it: which sides, which rule, where.
-_ROLLUP_STATE = ("s.pk, s.direction, s.proto, s.rule, s.anchor, s.ifname, "
-                 "wk.addr0, wk.port0, wk.addr1, wk.port1, sk.addr0, sk.port0, "
-                 "sk.addr1, sk.port1, wk.mirror")
-_ROLLUP_JOIN = ("JOIN state_keys wk ON wk.state_pk = s.pk AND wk.side = 0 "
-                "JOIN state_keys sk ON sk.state_pk = s.pk AND sk.side = 1 ")
+_ROLLUP_KEYS = ("hour", "dim", "key", "key2", "label")
+# Rollups as reports read them: the table, or the table and the hours not yet in it,
+# computed for this connection into a temporary table (fill_open_rollups).
+_OPEN_ROLLUPS = "pfh_open_rollups"
+_ROLLUP_SOURCE = {
+    False: "rollups ru",
+    True: (f"(SELECT {', '.join(_ROLLUP_COLUMNS)} FROM rollups UNION ALL "
+           f"SELECT {', '.join(_ROLLUP_COLUMNS)} FROM {_OPEN_ROLLUPS}) ru"),
+}
 
 
-def pending_rollups(conn):
-    """(id, collected_at) of snapshot collections not yet counted in rollups, oldest
-    first (pfsync batches are not rolled up)."""
-    return [tuple(r) for r in conn.execute(
-        select(Collection.id, Collection.collected_at)
-        .where(Collection.rolled_up == 0, Collection.kind == 0).order_by(Collection.id))]
+def rollup_frontier(conn):
+    """(hour, last_collection) of the newest hour in rollups, or None."""
+    row = conn.exec_driver_sql(
+        "SELECT hour, last_collection FROM rollup_hours ORDER BY hour DESC LIMIT 1").first()
+    return tuple(row) if row else None
 
 
-def previous_collection(conn, collection_id):
-    """The id of the collection before collection_id, or None."""
-    return conn.execute(select(func.max(Collection.id))
-                        .where(Collection.id < collection_id)).scalar()
+def newest_collection(conn):
+    """(max id, max collected_at) of all collections, snapshots and pfsync batches,
+    or None."""
+    row = conn.execute(select(func.max(Collection.id), func.max(Collection.collected_at))
+                       ).first()
+    return tuple(row) if row and row[0] is not None else None
+
+
+def next_collection(conn, after_id):
+    """(id, collected_at) of the first collection after after_id (by id), or None."""
+    row = conn.exec_driver_sql(
+        f"SELECT id, collected_at FROM collections WHERE id > {_ph(conn)} "
+        f"ORDER BY id LIMIT 1", (after_id,)).first()
+    return tuple(row) if row else None
+
+
+def first_collection_id(conn):
+    """The id of the history's first collection (its baseline), or None."""
+    return conn.execute(select(func.min(Collection.id))).scalar()
+
+
+def first_collection_after(conn, after_id, at):
+    """The smallest id above after_id of a collection taken after at, or None."""
+    ph = _ph(conn)
+    return conn.exec_driver_sql(
+        f"SELECT min(id) FROM collections WHERE id > {ph} AND collected_at > {ph}",
+        (after_id, at)).scalar()
 
 
 def first_pk_after(conn, collection_id):
@@ -760,57 +786,95 @@ def first_pk_after(conn, collection_id):
     return lo
 
 
-def first_seen_pk_range(conn, collection_id):
-    """(lo, hi) pks of the states first seen at collection_id, or None."""
-    lo, hi = first_pk_after(conn, collection_id - 1), first_pk_after(conn, collection_id) - 1
-    return (lo, hi) if lo <= hi else None
-
-
 def max_pk(conn):
     return conn.exec_driver_sql("SELECT max(pk) FROM states").scalar() or 0
 
 
-def rollup_new_states(conn, collection_id, lo, hi):
-    """States first seen at a collection: identity, counters then, TCP peer states."""
-    ph = _ph(conn)
-    return conn.exec_driver_sql(
-        f"SELECT {_ROLLUP_STATE}, "
-        f"COALESCE(n.packets0, s.packets0), COALESCE(n.packets1, s.packets1), "
-        f"COALESCE(n.bytes0, s.bytes0), COALESCE(n.bytes1, s.bytes1), "
-        f"COALESCE(n.src_state, ps.state), COALESCE(n.dst_state, pd.state) "
-        f"FROM states s {_ROLLUP_JOIN}"
-        f"LEFT JOIN state_peers ps ON ps.state_pk = s.pk AND ps.side = 0 AND s.proto = 6 "
-        f"LEFT JOIN state_peers pd ON pd.state_pk = s.pk AND pd.side = 1 AND s.proto = 6 "
-        f"LEFT JOIN samples n ON n.state_pk = s.pk AND n.valid_from = {ph} "
-        f"AND n.present = 1 "
-        f"WHERE s.pk BETWEEN {ph} AND {ph} AND s.first_seen = {ph}",
-        (collection_id, lo, hi, collection_id))
+def _named(conn, sql, values):
+    """sql with :name parameters as the driver's positional placeholders, and the
+    values in their order (one SQL text for SQLite and PostgreSQL)."""
+    import re
+
+    names = re.findall(r":(\w+)", sql)
+    return re.sub(r":\w+", _ph(conn), sql), tuple(values[n] for n in names)
 
 
-def rollup_changed_states(conn, collection_id):
-    """States whose values changed at a collection: identity and what moved since
-    their previous values (from the sample those values went to)."""
-    ph = _ph(conn)
-    cur = {f: f"COALESCE(n.{f}, s.{f}) - p.{f}"
-           for f in ("packets0", "packets1", "bytes0", "bytes1")}
-    return conn.exec_driver_sql(
-        f"SELECT {_ROLLUP_STATE}, {cur['packets0']}, {cur['packets1']}, "
-        f"{cur['bytes0']}, {cur['bytes1']}, NULL, NULL "
-        f"FROM samples p JOIN states s ON s.pk = p.state_pk {_ROLLUP_JOIN}"
-        f"LEFT JOIN samples n ON n.state_pk = s.pk AND n.valid_from = {ph} "
-        f"AND n.present = 1 "
-        f"WHERE p.valid_until = {ph}", (collection_id, collection_id))
+def _rollup_versions(column):
+    """A counter of a state at the hour's last collection (:last) and before the hour
+    (:before; its first observation for the history's first collection, :first_id; 0
+    for a state new in the hour): the row's own value when it held then, else the
+    sample it replaced; NULL when that sample has expired."""
+    at_end = (f"CASE WHEN s.values_since <= :last THEN s.{column} "
+              f"WHEN e.valid_from <= :last THEN e.{column} END")
+    before = (f"CASE WHEN s.first_seen <= :before THEN "
+              f"(CASE WHEN f.valid_from <= :before THEN f.{column} END) "
+              f"WHEN s.first_seen = :first_id THEN "
+              f"(CASE WHEN s.values_since = s.first_seen THEN s.{column} ELSE n.{column} END) "
+              f"ELSE 0 END")
+    return f"({at_end}) - ({before})"
 
 
-def samples_until(conn, collection_id):
-    """How many samples end at a collection (0 once they have expired)."""
-    return conn.execute(select(func.count()).select_from(Sample)
-                        .where(Sample.__table__.c.valid_until == collection_id)).scalar()
+# What an hourly rollup reads of a state: its identity (sides, rule, where), whether it
+# is new in the hour and then whether it was half-open (TCP, both peers before
+# ESTABLISHED at its first observation), and what each counter moved in the hour. The
+# versions of its values come from the row itself or from samples, each found through
+# the primary key (state_pk, the first valid_until after that collection): e at the
+# hour's last collection, f at the one before the hour, n at its first observation.
+_ROLLUP_HOUR_SQL = (
+    "SELECT s.pk, s.direction, s.proto, s.rule, s.anchor, s.ifname, "
+    "wk.addr0, wk.port0, wk.addr1, wk.port1, sk.addr0, sk.addr1, sk.port1, wk.mirror, "
+    "CASE WHEN s.first_seen > :before THEN 1 ELSE 0 END, "
+    "CASE WHEN s.first_seen > :before AND s.proto = 6 THEN (CASE "
+    "WHEN s.values_since = s.first_seen THEN "
+    "(CASE WHEN ps.state < 4 AND pd.state < 4 THEN 1 ELSE 0 END) "
+    "WHEN n.src_state IS NOT NULL THEN "
+    "(CASE WHEN n.src_state < 4 AND n.dst_state < 4 THEN 1 ELSE 0 END) END) "
+    "ELSE 0 END, "
+    + ", ".join(_rollup_versions(c) for c in ("packets0", "packets1", "bytes0", "bytes1")) +
+    " FROM states s "
+    "JOIN state_keys wk ON wk.state_pk = s.pk AND wk.side = 0 "
+    "JOIN state_keys sk ON sk.state_pk = s.pk AND sk.side = 1 "
+    "LEFT JOIN samples e ON s.values_since > :last AND e.state_pk = s.pk "
+    "AND e.valid_until = (SELECT min(x.valid_until) FROM samples x "
+    "WHERE x.state_pk = s.pk AND x.valid_until > :last) "
+    "LEFT JOIN samples f ON s.first_seen <= :before AND f.state_pk = s.pk "
+    "AND f.valid_until = (SELECT min(x.valid_until) FROM samples x "
+    "WHERE x.state_pk = s.pk AND x.valid_until > :before) "
+    "LEFT JOIN samples n ON s.first_seen > :before AND s.values_since > s.first_seen "
+    "AND (s.proto = 6 OR s.first_seen = :first_id) AND n.state_pk = s.pk "
+    "AND n.valid_until = (SELECT min(x.valid_until) FROM samples x WHERE x.state_pk = s.pk) "
+    "LEFT JOIN state_peers ps ON s.first_seen > :before AND s.values_since = s.first_seen "
+    "AND s.proto = 6 AND ps.state_pk = s.pk AND ps.side = 0 "
+    "LEFT JOIN state_peers pd ON s.first_seen > :before AND s.values_since = s.first_seen "
+    "AND s.proto = 6 AND pd.state_pk = s.pk AND pd.side = 1 "
+    "WHERE {where} AND s.values_since > :before AND s.first_seen <= :last")
 
 
-def collection_updated(conn, collection_id):
-    return conn.execute(select(Collection.updated + Collection.reopened)
-                        .where(Collection.id == collection_id)).scalar() or 0
+def rollup_hour_states(conn, before, last, first_id, closed):
+    """The states an hour's rollup counts: those whose values changed after collection
+    before (the last one before the hour) and that some collection up to last (the
+    hour's last) saw; the open ones, or (closed) those that ended after before.
+    first_id: the history's first collection (its states' bytes are a baseline).
+
+    Rows: pk, direction, proto, rule, anchor, ifname, the wire key's addr0, port0,
+    addr1, port1, the stack key's addr0, addr1, port1, mirror, new (1/0), half-open
+    (1/0; NULL if unknown), then packets0, packets1, bytes0, bytes1 moved in the hour
+    (negative if a counter went back; NULL if a sample they need has expired). States
+    whose values did not change since before moved nothing in the hour and were not
+    new in it, so they are not read at all."""
+    # Open states through the end-time index (NULL while open); states that ended after
+    # the hour began through the index of ends by collection.
+    where = "s.ended_before > :before" if closed else "s.ended_before_at IS NULL"
+    sql, params = _named(conn, _ROLLUP_HOUR_SQL.format(where=where),
+                         {"before": before, "last": last, "first_id": first_id})
+    # Plain DBAPI tuples, read in chunks: a million rows. PostgreSQL's drivers would
+    # fetch them all at once unless the cursor is a named (server-side) one.
+    if conn.dialect.name == "postgresql":
+        cursor = conn.connection.cursor(name="pfh_rollup_hour")
+    else:
+        cursor = conn.connection.cursor()
+    cursor.execute(sql, params)
+    return cursor
 
 
 def address_ids_in(conn, ranges):
@@ -824,16 +888,29 @@ def address_ids_in(conn, ranges):
 
 def upsert_rollups(conn, rows):
     """Add rows (_ROLLUP_COLUMNS order) to the hours' rollups."""
-    keys = ("hour", "dim", "key", "key2", "label")
     sums = ", ".join(f"{c} = rollups.{c} + excluded.{c}"
-                     for c in _ROLLUP_COLUMNS if c not in keys)
+                     for c in _ROLLUP_COLUMNS if c not in _ROLLUP_KEYS)
     _executemany(conn, _insert_sql("rollups", _ROLLUP_COLUMNS)
-                 + f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {sums}", rows)
+                 + f" ON CONFLICT ({', '.join(_ROLLUP_KEYS)}) DO UPDATE SET {sums}", rows)
 
 
-def mark_rolled_up(conn, collection_id, value):
-    conn.execute(update(Collection).where(Collection.id == collection_id)
-                 .values(rolled_up=value))
+def insert_rollup_hour(conn, hour, first, last, rolled_up, states, duration_ms):
+    """Record an hour as rolled up, and mark its collections (first to last, by id)."""
+    conn.execute(RollupHour.__table__.insert().values(
+        hour=hour, first_collection=first, last_collection=last, rolled_up=rolled_up,
+        states=states, duration_ms=duration_ms))
+    conn.execute(update(Collection).where(Collection.id >= first, Collection.id <= last)
+                 .values(rolled_up=rolled_up))
+
+
+def fill_open_rollups(conn, rows):
+    """Rollup rows of hours not in the table, for this connection's reads only (a
+    temporary table: reports open the database read-only)."""
+    _temp_table(conn, _OPEN_ROLLUPS,
+                "hour BIGINT, dim SMALLINT, key BIGINT, key2 BIGINT, label TEXT, "
+                "states INTEGER, halfopen INTEGER, packets_out BIGINT, packets_in BIGINT, "
+                "bytes_out BIGINT, bytes_in BIGINT")
+    _executemany(conn, _insert_sql(_OPEN_ROLLUPS, _ROLLUP_COLUMNS), rows)
 
 
 # -- reports -----------------------------------------------------------------------

@@ -105,6 +105,7 @@ class SyncRecorder:
         self.malformed = Counter()   # reason -> packets, since the start
         self.totals = Counter()
         self._partials = None        # whether partial_states may hold rows
+        self._rollup_after = None    # a batch later than this completes an hour
 
     # -- receiving -------------------------------------------------------------------
 
@@ -160,6 +161,20 @@ class SyncRecorder:
         self.pending_malformed = 0
         self.first_at = None
         return result
+
+    def roll_up(self, at):
+        """After a batch dated at: add the hours it completed to the rollups
+        (pfhistory.rollup); a no-op until a batch passes the open hour's end."""
+        if self._rollup_after is not None and at <= self._rollup_after:
+            return
+        from pfhistory import rollup
+
+        hours, ms = rollup.timed_roll_up(self.engine)
+        self.totals["rollup_hours"] += hours
+        self.totals["rollup_ms"] += ms
+        with self.engine.connect() as conn:
+            pending = rollup.pending_hours(conn)
+        self._rollup_after = pending[-1].hour + 3600 if pending else at
 
     def _write(self, conn, result):
         newest = queries.latest_collection(conn)
@@ -423,6 +438,12 @@ def check_not_older(engine, first_at, origin):
                       f"older captures are refused")
 
 
+def _flush_and_roll_up(recorder):
+    result = recorder.flush()
+    if result is not None:
+        recorder.roll_up(result.collected_at)
+
+
 def ingest_capture(engine, path, batch_packets=DEFAULT_BATCH_PACKETS,
                    batch_ms=DEFAULT_BATCH_MS, host=None, sample_retention=None):
     """Record a pcap/pcapng capture of pfsync traffic, batched by packet time as a
@@ -454,11 +475,11 @@ def ingest_capture(engine, path, batch_packets=DEFAULT_BATCH_PACKETS,
             recorder.totals["other"] += 1
             continue
         if recorder.first_at is not None and frame.at - recorder.first_at >= recorder.batch_s:
-            recorder.flush()
+            _flush_and_roll_up(recorder)
         if recorder.add(frame.at, frame.data, ip=frame.kind == capture.KIND_IP):
-            recorder.flush()
+            _flush_and_roll_up(recorder)
         last_at = frame.at
-    recorder.flush()
+    _flush_and_roll_up(recorder)
     if sample_retention is not None and first_at is not None:
         from pfhistory.collector import expire_samples
 
