@@ -405,7 +405,8 @@ def _add_prune(sub):
         description="Delete states that ended before TIME with their keys, peers and "
                     "samples, in short batches (the write lock is never held for more than "
                     "about a second), and hand freed space back incrementally: never a "
-                    "blocking full VACUUM.",
+                    "blocking full VACUUM. States the hour not yet rolled up still counts "
+                    "are kept until it is (the rollups keep what reports need).",
         epilog="Examples:\n  pfhistory prune --before 90d\n"
                "  pfhistory prune --before 2026-09-01 --db /var/db/pfhistory/history.db\n",
     )

@@ -323,13 +323,16 @@ def expire_samples(conn, before_collection_id, limit):
         (before_collection_id,)).rowcount
 
 
-def prune_states_batch(conn, before_at, limit):
+def prune_states_batch(conn, before_at, limit, rolled_up_to=None):
     """Delete up to limit states that ended before before_at, with their keys,
-    peers and samples. Returns how many states were deleted."""
+    peers and samples; only those that ended by collection rolled_up_to, if given
+    (the hours not yet in rollups still need the others). Returns how many states
+    were deleted."""
     ph = _ph(conn)
+    rolled = "" if rolled_up_to is None else f"AND ended_before <= {int(rolled_up_to)} "
     pks = [r[0] for r in conn.exec_driver_sql(
         f"SELECT pk FROM states WHERE ended_before_at IS NOT NULL "
-        f"AND ended_before_at <= {ph} ORDER BY ended_before_at LIMIT {int(limit)}",
+        f"AND ended_before_at <= {ph} {rolled}ORDER BY ended_before_at LIMIT {int(limit)}",
         (before_at,))]
     if not pks:
         return 0
