@@ -446,9 +446,11 @@ def _add_summary(sub):
     p = sub.add_parser(
         "summary",
         help="a short summary of the history: states, open and closed, top talkers",
-        description="How many collections and states the history holds, how many are "
-                    "open and closed, and the local and remote hosts that moved the most "
-                    "bytes since the history began (pfhistory report tells more).",
+        description="How many snapshots (collections of the whole table) and pfsync "
+                    "batches the history holds, how many states and of those how many "
+                    "are open and closed, and the local and remote hosts that moved the "
+                    "most bytes since the history began, the hour not yet complete "
+                    "included (pfhistory report tells more).",
         epilog="Example:\n  pfhistory summary --db /var/db/pfhistory/history.db\n",
     )
     _add_db_option(p)
@@ -457,7 +459,7 @@ def _add_summary(sub):
 
 
 def _cmd_summary(args):
-    from pfhistory import queries
+    from pfhistory import queries, rollup
     from pfhistory.db import require_current_schema
     from pfhistory.timespec import format_time
 
@@ -465,7 +467,9 @@ def _cmd_summary(args):
     try:
         require_current_schema(engine, url)
         with engine.connect() as conn:
-            s = queries.summary(conn, top=args.top)
+            # The hours not yet rolled up too (the open one): computed, not stored.
+            rollup.open_rollups(conn, 0, 1 << 62)
+            s = queries.summary(conn, top=args.top, pending=True)
     finally:
         engine.dispose()
     from datetime import datetime, timezone
@@ -473,7 +477,11 @@ def _cmd_summary(args):
     def when(epoch):
         return format_time(datetime.fromtimestamp(epoch, timezone.utc)) if epoch else "-"
 
-    print(f"collections: {s['collections']} from {when(s['first'])} to {when(s['last'])}")
+    n, first, last = s["snapshots"]
+    print(f"snapshots: {n} from {when(first)} to {when(last)}")
+    n, first, last = s["batches"]
+    if n:
+        print(f"pfsync batches: {n} from {when(first)} to {when(last)}")
     print(f"states recorded: {s['states']} ({s['open']} open, {s['closed']} closed)")
     for title, rows in (("top local hosts by bytes", s["top_local"]),
                         ("top remote hosts by bytes", s["top_remote"])):

@@ -671,26 +671,28 @@ def collection_times_of(conn, ids):
 
 # -- summaries -------------------------------------------------------------------
 
-def summary(conn, top=5):
-    """The history in a few numbers: collections, states, top talkers by bytes
-    (from the rollups: local and remote as pfhistory.rollup defines them)."""
-    first, last, n = conn.execute(select(func.min(Collection.collected_at),
-                                         func.max(Collection.collected_at),
-                                         func.count())).one()
+def summary(conn, top=5, pending=False):
+    """The history in a few numbers: snapshots and pfsync batches (each: how many, the
+    first and last time), states, top talkers by bytes (from the rollups: local and
+    remote as pfhistory.rollup defines them; pending: with fill_open_rollups' hours)."""
+    c = Collection
+    kinds = {kind: (n, first, last) for kind, n, first, last in conn.execute(
+        select(c.kind, func.count(), func.min(c.collected_at), func.max(c.collected_at))
+        .group_by(c.kind))}
     states, open_ = conn.execute(select(func.count(), func.count(State.pk).filter(
         State.ended_before.is_(None)))).one()
+    ph = _ph(conn)
 
     def talkers(dim):
-        r = Rollup.__table__.c
-        total = func.sum(r.bytes_out + r.bytes_in)
-        q = (select(Address.text, total.label("bytes"), func.sum(r.states).label("states"))
-             .select_from(Rollup.__table__.join(Address.__table__, Address.id == r.key))
-             .where(r.dim == dim).group_by(Address.text)
-             .order_by(total.desc(), Address.text).limit(top))
-        return [tuple(row) for row in conn.execute(q)]
+        return [tuple(r) for r in conn.exec_driver_sql(
+            f"SELECT a.text, SUM(ru.bytes_out + ru.bytes_in) AS b, SUM(ru.states) "
+            f"FROM {_ROLLUP_SOURCE[pending]} JOIN addresses a ON a.id = ru.key "
+            f"WHERE ru.dim = {ph} GROUP BY a.text ORDER BY b DESC, a.text LIMIT {int(top)}",
+            (dim,))]
 
-    return {"collections": n, "first": first, "last": last, "states": states,
-            "open": open_, "closed": states - open_,
+    none = (0, None, None)
+    return {"snapshots": kinds.get(0, none), "batches": kinds.get(1, none),
+            "states": states, "open": open_, "closed": states - open_,
             "top_local": talkers(1), "top_remote": talkers(2)}
 
 
@@ -942,20 +944,20 @@ def collection_neighbours(conn, since, until):
     return before, after, first
 
 
-def rollup_totals(conn, dims, hour_lo, hour_hi):
+def rollup_totals(conn, dims, hour_lo, hour_hi, pending=False):
     """Every (dim, key, key2, label) of some (small) dimensions in the hours
     [hour_lo, hour_hi) with its sums (states, halfopen, packets_out, packets_in,
-    bytes_out, bytes_in)."""
+    bytes_out, bytes_in). pending: with the hours fill_open_rollups computed."""
     ph = _ph(conn)
     dims = [int(d) for d in dims]
     return conn.exec_driver_sql(
         f"SELECT dim, key, key2, label, SUM(states), SUM(halfopen), SUM(packets_out), "
-        f"SUM(packets_in), SUM(bytes_out), SUM(bytes_in) FROM rollups "
+        f"SUM(packets_in), SUM(bytes_out), SUM(bytes_in) FROM {_ROLLUP_SOURCE[pending]} "
         f"WHERE hour >= {ph} AND hour < {ph} AND dim IN ({', '.join(map(str, dims))}) "
         f"GROUP BY dim, key, key2, label", (hour_lo, hour_hi)).fetchall()
 
 
-def rollup_top(conn, dim, hour_lo, hour_hi, limit):
+def rollup_top(conn, dim, hour_lo, hour_hi, limit, pending=False):
     """The keys of one dimension that rank in the first limit by bytes out, bytes
     in, both, states or half-open states over the hours [hour_lo, hour_hi), with
     their sums: (key, key2, label, states, halfopen, packets_out, packets_in,
@@ -972,28 +974,30 @@ def rollup_top(conn, dim, hour_lo, hour_hi, limit):
     return conn.exec_driver_sql(
         f"WITH g AS (SELECT key, SUM(states) AS st, SUM(halfopen) AS half, "
         f"SUM(packets_out) AS po, SUM(packets_in) AS pi, SUM(bytes_out) AS bo, "
-        f"SUM(bytes_in) AS bi FROM rollups WHERE dim = {ph} AND hour >= {ph} "
-        f"AND hour < {ph} GROUP BY key) "
+        f"SUM(bytes_in) AS bi FROM {_ROLLUP_SOURCE[pending]} WHERE dim = {ph} "
+        f"AND hour >= {ph} AND hour < {ph} GROUP BY key) "
         f"SELECT key, 0, '', st, half, po, pi, bo, bi FROM g WHERE key IN ({picks})",
         (dim, hour_lo, hour_hi)).fetchall()
 
 
-def rollup_bursts(conn, dim, hour_lo, hour_hi, at_least):
+def rollup_bursts(conn, dim, hour_lo, hour_hi, at_least, pending=False):
     """(hour, key, states) of one dimension's hours with at least that many states."""
     ph = _ph(conn)
     return conn.exec_driver_sql(
-        f"SELECT hour, key, states FROM rollups WHERE dim = {ph} AND hour >= {ph} "
+        f"SELECT hour, key, states FROM {_ROLLUP_SOURCE[pending]} WHERE dim = {ph} "
+        f"AND hour >= {ph} "
         f"AND hour < {ph} AND states >= {ph}", (dim, hour_lo, hour_hi, at_least)).fetchall()
 
 
-def rollup_hourly(conn, dim, keys, hour_lo, hour_hi):
+def rollup_hourly(conn, dim, keys, hour_lo, hour_hi, pending=False):
     """(hour, key, states, bytes_out, bytes_in) of some keys of one dimension."""
     if not keys:
         return []
     ph = _ph(conn)
     marks = ", ".join([ph] * len(keys))
     return conn.exec_driver_sql(
-        f"SELECT hour, key, SUM(states), SUM(bytes_out), SUM(bytes_in) FROM rollups "
+        f"SELECT hour, key, SUM(states), SUM(bytes_out), SUM(bytes_in) "
+        f"FROM {_ROLLUP_SOURCE[pending]} "
         f"WHERE dim = {ph} AND hour >= {ph} AND hour < {ph} AND key IN ({marks}) "
         f"GROUP BY hour, key ORDER BY hour",
         (dim, hour_lo, hour_hi, *keys)).fetchall()
