@@ -932,6 +932,16 @@ def collections_between(conn, since, until):
         .order_by(c.id))]
 
 
+def batches_between(conn, since, until):
+    """pfsync batches in [since, until], oldest first:
+    (id, collected_at, inserted, closed, packets, bytes)."""
+    c = Collection
+    return [tuple(r) for r in conn.execute(
+        select(c.id, c.collected_at, c.inserted, c.closed, c.packets, c.bytes)
+        .where(c.collected_at >= since, c.collected_at <= until, c.kind == 1)
+        .order_by(c.id))]
+
+
 def collection_neighbours(conn, since, until):
     """collected_at of the newest collection before since and of the oldest after
     until (None where there is none), and the id of the history's first."""

@@ -12,6 +12,7 @@ print the same tables as text, csv, json or html, so every format carries the
 same numbers.
 """
 
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from statistics import median
@@ -196,12 +197,22 @@ class _Builder:
         # The history's first collection is its baseline: what its states moved
         # and when they began cannot be placed in an interval.
         counted = [c for c in colls if c[0] != self.first_id]
-        new = sum(c[3] for c in counted)
-        ended = sum(c[4] for c in counted)
+        # pfsync batches (as rollups count them): the states they first saw or ended,
+        # and what moved, each in the interval of the next snapshot.
+        batches = [b for b in queries.batches_between(self.conn, self.since, self.until)
+                   if b[0] != self.first_id]
+        into = {}
+        times = [c[1] for c in colls]
+        for b in batches:
+            i = bisect_left(times, b[1])
+            if i < len(times):
+                into.setdefault(colls[i][0], []).append(b)
+        new = sum(c[3] for c in counted) + sum(b[2] for b in batches)
+        ended = sum(c[4] for c in counted) + sum(b[3] for b in batches)
         seen = colls[0][2] + new
         peak = max(colls, key=lambda c: (c[2], -c[1]))
-        moved_b = sum(c[6] for c in counted)
-        moved_p = sum(c[5] for c in counted)
+        moved_b = sum(c[6] for c in counted) + sum(b[5] for b in batches)
+        moved_p = sum(c[5] for c in counted) + sum(b[4] for b in batches)
         t = Table("overview", "The period in numbers", ["measure", "value"], ["text", "int"])
         t.rows = [("states seen", seen), ("new states", new), ("ended states", ended),
                   ("peak concurrent states", peak[2]), ("bytes moved", moved_b),
@@ -209,6 +220,10 @@ class _Builder:
         t.note = (f"Peak at {format_epoch(peak[1])}. New and ended states are those first seen "
                   f"and last seen between collections; states that began and ended "
                   f"between two collections are not counted.")
+        if batches:
+            t.note += (f" With the {len(batches):,} pfsync batches of the period: the states "
+                       f"they saw begin or end are counted, each batch in the interval of the "
+                       f"next snapshot (those after the last one in these totals only).")
         sec.lines.append(f"Peak: {peak[2]:,} concurrent states at {format_epoch(peak[1])}.")
         if self.open_hours:
             hours = ", ".join(format_epoch(w.hour) for w in self.open_hours)
@@ -226,9 +241,14 @@ class _Builder:
                                                        "new states", "ended states",
                                                        "bytes moved"],
                        ["time", "int", "int", "int", "bytes"])
-        series.rows = [(c[1], c[2], None if c[0] == self.first_id else c[3],
-                        None if c[0] == self.first_id else c[4],
-                        None if c[0] == self.first_id else c[6]) for c in colls]
+        def plus(c, i, j):
+            """A snapshot's figure and those of the batches in its interval."""
+            if c[0] == self.first_id:
+                return None
+            return c[i] + sum(b[j] for b in into.get(c[0], ()))
+
+        series.rows = [(c[1], c[2], plus(c, 3, 2), plus(c, 4, 3), plus(c, 6, 5))
+                       for c in colls]
         sec.tables += [t, series]
         sec.charts += [Chart("concurrent", "Concurrent states", "timeline", 0, [1]),
                        Chart("new", "New states per interval", "timeline", 0, [2], "bar"),

@@ -612,6 +612,11 @@ def test_pfsync_batches_are_not_collections_in_the_report(recorded, mixed):
     for f in _pfsync_states(cfg).values():
         ifs[f["ifname"]] += sum(f["b"])
     assert {r[0]: r[2] for r in tables["interfaces"]["rows"]} == dict(ifs)
+    # The overview counts what the batches saw too, as the rollups of its hours do.
+    overview = dict(tables["overview"]["rows"])
+    assert (overview["new states"], overview["bytes moved"]) == _sql(
+        db, "SELECT sum(states), sum(bytes_out + bytes_in) FROM rollups "
+            "WHERE dim = 5 AND hour >= ?", int(START.timestamp()))[0]
     out = run_cli("summary", "--db", db)
     assert out.returncode == 0, out.stderr
     assert f"snapshots: {snapshots + 1} from " in out.stdout
