@@ -15,7 +15,6 @@ from pfhistory.models import (
     PEER_FIELDS,
     Address,
     Collection,
-    Rollup,
     RollupHour,
     Sample,
     Setting,
