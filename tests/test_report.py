@@ -622,3 +622,31 @@ def test_pfsync_batches_are_not_collections_in_the_report(recorded, mixed):
     assert f"snapshots: {snapshots + 1} from " in out.stdout
     batches = _sql(db, "SELECT count(*) FROM collections WHERE kind = 1")[0][0]
     assert f"pfsync batches: {batches} from " in out.stdout
+
+
+def test_collect_from_pcap_rolls_up_the_hours_its_batches_complete(tmp_path):
+    """A history of pfsync batches alone: the batch after 23:00 completes 22:00-23:00,
+    which collect --from-pcap rolls up then; 23:00 stays open."""
+    pcap = tmp_path / "fw.pcap"
+    out = run_cli("simulate", "--pfsync", pcap, "--states", 200, "--duration", "20m",
+                  "--start", (START + timedelta(minutes=50)).isoformat(), "--seed", 9)
+    assert out.returncode == 0, out.stderr
+    db = tmp_path / "h.db"
+    out = run_cli("collect", "--db", db, "--from-pcap", pcap, "-v")
+    assert out.returncode == 0, out.stderr
+    hour = int(START.timestamp())
+    assert _sql(db, "SELECT hour, first_collection FROM rollup_hours") == [(hour, 1)]
+    last = _sql(db, "SELECT last_collection FROM rollup_hours")[0][0]
+    times = dict(_sql(db, "SELECT id, collected_at FROM collections WHERE kind = 1"))
+    assert {i for i, at in times.items() if at <= hour + 3600} == set(range(1, last + 1))
+    # Every state a batch of the hour first saw is new in it (the first batch is the
+    # history's baseline: its states count, what they moved before it does not).
+    assert _sql(db, "SELECT sum(states) FROM rollups WHERE hour = ? AND dim = 5", hour) == \
+        _sql(db, "SELECT count(*) FROM states WHERE first_seen <= ?", last)
+    assert _sql(db, "SELECT sum(bytes_out + bytes_in) FROM rollups WHERE dim = 3") == _sql(
+        db, "SELECT sum(bytes) FROM collections WHERE id > 1 AND rolled_up <> 0")
+    assert _sql(db, "SELECT count(*) FROM collections WHERE rolled_up = 0")[0][0] == \
+        len(times) - last > 0
+    out = run_cli("summary", "--db", db)
+    assert out.returncode == 0, out.stderr
+    assert "snapshots: 0 " in out.stdout and f"pfsync batches: {len(times)} from" in out.stdout
