@@ -478,7 +478,7 @@ def _cmd_summary(args):
         return format_time(datetime.fromtimestamp(epoch, timezone.utc)) if epoch else "-"
 
     n, first, last = s["snapshots"]
-    print(f"snapshots: {n} from {when(first)} to {when(last)}")
+    print(f"snapshots: {n} from {when(first)} to {when(last)}" if n else "snapshots: 0")
     n, first, last = s["batches"]
     if n:
         print(f"pfsync batches: {n} from {when(first)} to {when(last)}")
