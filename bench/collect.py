@@ -71,20 +71,29 @@ ROLLUP_S = {}
 
 
 def run_collect(db, snapshot):
-    """`pfhistory collect` in a subprocess; seconds, CPU seconds and peak RSS (bytes)."""
+    """`pfhistory collect` in a subprocess; seconds, CPU seconds and peak RSS (bytes).
+
+    Both snapshots are dated in one UTC hour (the first one second after T0, the
+    steady one at T0 + 60), so neither run completes an hour and the figures are a
+    collection's: the hourly rollup pass, once an hour, is bench/rollup.py's."""
+    at = max(int(os.stat(snapshot).st_mtime), T0 + 1)
     code = ("import sys, time; sys.path.insert(0, sys.argv[3]); from decode import peak_rss_kb; "
             "from pfhistory.cli import main; t = time.perf_counter(); c = time.process_time(); "
-            "rc = main(['collect', '-v', '--db', sys.argv[1], '--from-file', sys.argv[2]]); "
+            "rc = main(['collect', '-v', '--db', sys.argv[1], '--from-file', sys.argv[2], "
+            "'--at', sys.argv[4]]); "
             "print(time.perf_counter() - t, time.process_time() - c, peak_rss_kb()); "
             "sys.exit(rc)")
     out = subprocess.run([sys.executable, "-c", code, str(db), str(snapshot),
-                          str(Path(__file__).resolve().parent)], capture_output=True, text=True)
+                          str(Path(__file__).resolve().parent),
+                          datetime.fromtimestamp(at, timezone.utc).isoformat()],
+                         capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(out.stderr)
     *said, last = out.stdout.strip().splitlines()
     seconds, cpu, rss = last.split()
-    # -v says how long the rollups after the collection took (pfhistory.rollup):
-    # part of the run, shown apart because the baseline makes none.
+    # -v says how long rolling up the hours the collection completed took
+    # (pfhistory.rollup): part of the run, shown apart because the baseline makes
+    # none; 0 here, as neither collection completes an hour.
     ROLLUP_S[str(snapshot)] = int(said[-1].rsplit("rollups ", 1)[1].split()[0]) / 1000
     return float(seconds), float(cpu), int(rss) * 1024
 
@@ -300,7 +309,7 @@ def bench(states, work):
     print(f"{'db growth per new state, B':28}{p['bytes_per_state']:>14.0f}"
           f"{b['bytes_per_state']:>14.0f}")
     print(f"{'of which rollups, s':28}{ROLLUP_S.get(str(first), 0):>14.2f} first, "
-          f"{ROLLUP_S.get(str(steady), 0):.2f} steady")
+          f"{ROLLUP_S.get(str(steady), 0):.2f} steady   (hourly: bench/rollup.py)")
     if p["sample_bytes"] is not None:
         per_collection = p["sample_bytes"]
         print(f"{'samples per collection, MB':28}{per_collection / 1e6:>14.1f}"

@@ -9,7 +9,9 @@ records each file as soon as it appears, then deletes it (288 snapshots of
 100,000 states would take 7.6 GB). Building it takes about an hour on a
 2-core machine; a second run reuses it. Then each format of the report over
 the whole day runs in a fresh `pfhistory report` subprocess, timed from the
-outside, and the peak memory of that subprocess is read from its VmHWM.
+outside, and the peak memory of that subprocess is read from its VmHWM. Its
+last hour is not complete, so each report also computes that hour (one pass
+over its states, as pfhistory.rollup.open_rollups does).
 """
 
 import argparse
@@ -33,7 +35,7 @@ def build(out, states, collections, interval, seed):
     from pfhistory import db
     from pfhistory.collector import Snapshot, record_snapshot
     from pfhistory.models import Collection
-    from pfhistory.rollup import roll_up_pending
+    from pfhistory.rollup import roll_up_complete_hours
 
     path = out / f"history-{states}x{collections}.db"
     url = db.resolve_url(str(path))
@@ -44,9 +46,9 @@ def build(out, states, collections, interval, seed):
             have = conn.execute(select(func.count()).select_from(Collection)).scalar()
         if have == collections:
             t0 = time.monotonic()
-            n = roll_up_pending(engine)          # a history recorded before rollups
+            n = roll_up_complete_hours(engine)   # hours a migration left to roll up
             if n:
-                print(f"  rolled up {n} collections ({time.monotonic() - t0:.0f} s)",
+                print(f"  rolled up {n} hours ({time.monotonic() - t0:.0f} s)",
                       file=sys.stderr)
             engine.dispose()
             return path
@@ -75,7 +77,7 @@ def build(out, states, collections, interval, seed):
         for f in files:
             when = START + timedelta(seconds=done * interval)
             record_snapshot(engine, Snapshot(f, int(when.timestamp()), str(f)))
-            roll_up_pending(engine)
+            roll_up_complete_hours(engine)       # as `pfhistory collect` does
             f.unlink()
             done += 1
             print(f"  recorded {done}/{collections} ({time.monotonic() - t0:.0f} s)",

@@ -184,9 +184,10 @@ def _add_collect(sub):
         "collect",
         help="record the state table (or state files) into the history",
         description="Record one collection per snapshot: the live table (/dev/pf, OpenBSD "
-                    "only) or each --from-file in order, dated --at or by the file's mtime. "
-                    "Quiet on success unless -v; one line and a non-zero exit on failure. "
-                    "A snapshot older than the newest collection is refused.",
+                    "only) or each --from-file in order, dated --at or by the file's mtime; "
+                    "then add every UTC hour it completed to the hourly rollups reports "
+                    "read. Quiet on success unless -v; one line and a non-zero exit on "
+                    "failure. A snapshot older than the newest collection is refused.",
         epilog="Examples:\n  pfhistory collect                      # cron, every minute\n"
                "  pfhistory collect --db /tmp/h.db --from-file /tmp/fw/states-*.pfstate -v\n"
                "  pfhistory collect --db /tmp/h.db --from-pcap /tmp/pfsync.pcap -v\n",
@@ -209,7 +210,9 @@ def _add_collect(sub):
                         "fc00::/7, fe80::/10)")
     p.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
                    help="how long to wait for another collector to finish (default 30)")
-    p.add_argument("-v", "--verbose", action="store_true", help="one line per collection")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="one line per collection, ending with how long rolling up the hours "
+                        "it completed took (rollups N ms); with --from-pcap one line in all")
     p.add_argument("--syslog", action="store_true",
                    help="also send the outcome to syslog (daemon facility)")
     p.set_defaults(func=_cmd_collect)
@@ -228,13 +231,14 @@ def _pfsync_summary(recorder):
     return (f"{t['packets']} packets ({sum(bad.values())} malformed"
             f"{': ' + reasons if reasons else ''}), {t['messages']} messages, "
             f"{t['batches']} batches: {t['inserted']} states new, {t['updated']} updated, "
-            f"{t['ended']} ended, {t['partial']} partial, {t['stale']} stale")
+            f"{t['ended']} ended, {t['partial']} partial, {t['stale']} stale; "
+            f"rollups {t['rollup_ms']} ms")
 
 
 def _cmd_collect_pcap(args):
-    from pfhistory import syncrecorder
+    from pfhistory import queries, rollup, syncrecorder
     from pfhistory.capture import read_frames
-    from pfhistory.db import require_current_schema
+    from pfhistory.db import require_current_schema, write_transaction
     from pfhistory.timespec import parse_duration
 
     if args.from_file or args.at:
@@ -243,9 +247,14 @@ def _cmd_collect_pcap(args):
     retention = int(parse_duration(args.sample_retention, "--sample-retention"))
     for _frame in read_frames(args.from_pcap):        # refuse a bad file before any DB
         pass
+    networks = rollup.parse_networks(args.local_networks) if args.local_networks else None
     url, engine = _open_db(args.db, create=True, wait=args.wait)
     try:
         require_current_schema(engine, url, create=True)
+        if networks is not None:
+            with write_transaction(engine) as conn:
+                queries.set_setting(conn, rollup.LOCAL_NETWORKS_SETTING, ",".join(networks))
+        # Rolls up every hour the batches complete, as they complete.
         recorder = syncrecorder.ingest_capture(
             engine, args.from_pcap, batch_packets=args.batch_packets, batch_ms=args.batch_ms,
             sample_retention=retention)
@@ -277,9 +286,9 @@ def _cmd_collect(args):
         for snapshot in snapshots:
             result = collector.record_snapshot(engine, snapshot,
                                                sample_retention=int(retention))
-            # Rollups need this collection's samples, so they follow at once
-            # (their own transaction: the collection is already safe).
-            _counted, rollup_ms = rollup.timed_roll_up(engine)
+            # The hours this collection completed go into the rollups now, while
+            # their samples are kept (own transactions: the collection is safe).
+            _hours, rollup_ms = rollup.timed_roll_up(engine)
             if args.verbose:
                 _say(args, f"{snapshot.origin}: collection {result.collection_id}: "
                            f"{result.states} states, {result.inserted} new, "
@@ -396,7 +405,8 @@ def _add_prune(sub):
         description="Delete states that ended before TIME with their keys, peers and "
                     "samples, in short batches (the write lock is never held for more than "
                     "about a second), and hand freed space back incrementally: never a "
-                    "blocking full VACUUM.",
+                    "blocking full VACUUM. States the hour not yet rolled up still counts "
+                    "are kept until it is (the rollups keep what reports need).",
         epilog="Examples:\n  pfhistory prune --before 90d\n"
                "  pfhistory prune --before 2026-09-01 --db /var/db/pfhistory/history.db\n",
     )
@@ -436,9 +446,11 @@ def _add_summary(sub):
     p = sub.add_parser(
         "summary",
         help="a short summary of the history: states, open and closed, top talkers",
-        description="How many collections and states the history holds, how many are "
-                    "open and closed, and the local and remote hosts that moved the most "
-                    "bytes since the history began (pfhistory report tells more).",
+        description="How many snapshots (collections of the whole table) and pfsync "
+                    "batches the history holds, how many states and of those how many "
+                    "are open and closed, and the local and remote hosts that moved the "
+                    "most bytes since the history began, the hour not yet complete "
+                    "included (pfhistory report tells more).",
         epilog="Example:\n  pfhistory summary --db /var/db/pfhistory/history.db\n",
     )
     _add_db_option(p)
@@ -447,7 +459,7 @@ def _add_summary(sub):
 
 
 def _cmd_summary(args):
-    from pfhistory import queries
+    from pfhistory import queries, rollup
     from pfhistory.db import require_current_schema
     from pfhistory.timespec import format_time
 
@@ -455,7 +467,9 @@ def _cmd_summary(args):
     try:
         require_current_schema(engine, url)
         with engine.connect() as conn:
-            s = queries.summary(conn, top=args.top)
+            # The hours not yet rolled up too (the open one): computed, not stored.
+            rollup.open_rollups(conn, 0, 1 << 62)
+            s = queries.summary(conn, top=args.top, pending=True)
     finally:
         engine.dispose()
     from datetime import datetime, timezone
@@ -463,7 +477,11 @@ def _cmd_summary(args):
     def when(epoch):
         return format_time(datetime.fromtimestamp(epoch, timezone.utc)) if epoch else "-"
 
-    print(f"collections: {s['collections']} from {when(s['first'])} to {when(s['last'])}")
+    n, first, last = s["snapshots"]
+    print(f"snapshots: {n} from {when(first)} to {when(last)}" if n else "snapshots: 0")
+    n, first, last = s["batches"]
+    if n:
+        print(f"pfsync batches: {n} from {when(first)} to {when(last)}")
     print(f"states recorded: {s['states']} ({s['open']} open, {s['closed']} closed)")
     for title, rows in (("top local hosts by bytes", s["top_local"]),
                         ("top remote hosts by bytes", s["top_remote"])):

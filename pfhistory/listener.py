@@ -112,8 +112,10 @@ class Listener:
                 rec = self.recorder
                 if rec.first_at is not None and (stopping or rec.due(time.monotonic())):
                     try:
-                        rec.flush()
+                        result = rec.flush()
                         failing_since = None
+                        if result is not None:
+                            rec.roll_up(result.collected_at)     # hours it completed
                         self._expire_samples()
                     except Exception as e:
                         if not is_db_error(e) or stopping:
@@ -129,7 +131,9 @@ class Listener:
                     thread.join()
                     self._drain()
                     if rec.first_at is not None:
-                        rec.flush()
+                        result = rec.flush()
+                        if result is not None:
+                            rec.roll_up(result.collected_at)
                     break
                 wait = None if rec.first_at is None else max(
                     0.0, rec.first_at + rec.batch_s - time.monotonic())

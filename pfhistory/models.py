@@ -31,7 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = ["Base", "Collection", "Address", "State", "StateKey", "StatePeer", "Sample",
-           "Rollup", "PartialState", "Protocol", "Setting", "PEER_FIELDS",
+           "Rollup", "RollupHour", "PartialState", "Protocol", "Setting", "PEER_FIELDS",
            "DYNAMIC_STATE_FIELDS"]
 
 NAMING = {
@@ -92,7 +92,8 @@ class Collection(Base):
     duration_ms: Mapped[int] = _int(doc="how long recording took")
     rolled_up: Mapped[int] = mapped_column(
         SmallInteger, server_default=text("0"),
-        doc="0: not yet in rollups; 1: counted; 2: counted without its samples (expired)")
+        doc="0: its hour is not yet in rollups; 1: counted; 2: counted without some "
+            "samples (expired)")
 
 
 class Address(Base):
@@ -114,6 +115,11 @@ class State(Base):
     __table_args__ = (
         UniqueConstraint("creatorid", "state_id"),
         Index("ix_states_ended_before_at", "ended_before_at"),
+        # The states that ended after a collection, by id: an hourly rollup reads those
+        # (pfsync gives an end a packet's time, which no collection's time bounds).
+        Index("ix_states_ended_before", "ended_before",
+              sqlite_where=text("ended_before IS NOT NULL"),
+              postgresql_where=text("ended_before IS NOT NULL")),
         Index("ix_states_rule", "rule"),
         Index("ix_states_ifname", "ifname"),
     )
@@ -233,16 +239,16 @@ class Sample(Base):
 
 
 class Rollup(Base):
-    """What moved in one UTC hour, by one dimension (dim) and its key.
+    """What moved in one complete UTC hour, by one dimension (dim) and its key.
 
     Reports read these instead of millions of states: a day of a
     100,000-state firewall is about 12 million states but a few hundred
     thousand rollup rows. Dimensions (pfhistory.rollup.DIMENSIONS): local
     host, remote host, service, rule, interface, translated address,
-    published (rdr) service, initiating host, largest states. Bytes and
-    packets are what moved in the hour: for a host, out is what it sent; for
-    the other dimensions, out is what initiators sent. states: the states
-    first seen in the hour. The addresses rollups name are kept by prune.
+    published (rdr) service, initiating host, the hour's 25 largest states.
+    Bytes and packets are what moved in the hour: for a host, out is what it
+    sent; for the other dimensions, out is what initiators sent. states: the
+    states first seen in the hour. The addresses rollups name are kept by prune.
     """
 
     __table__ = Table(
@@ -265,6 +271,20 @@ class Rollup(Base):
         Column("bytes_in", BigInteger, nullable=False),
         sqlite_with_rowid=False,
     )
+
+
+class RollupHour(Base):
+    """An hour in rollups: the collections it counts, rolled up once, when complete."""
+
+    __tablename__ = "rollup_hours"
+
+    hour: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False,
+                                      doc="UTC hour h (epoch s), as rollups.hour")
+    first_collection: Mapped[int] = _int(doc="its first collection (id)")
+    last_collection: Mapped[int] = _int(doc="its last: collections are counted in id order")
+    rolled_up: Mapped[int] = _small(doc="1: exact; 2: counted without expired samples")
+    states: Mapped[int] = _int(doc="states whose values changed or that were new in the hour")
+    duration_ms: Mapped[int] = _int(doc="how long rolling it up took")
 
 
 class PartialState(Base):

@@ -16,7 +16,7 @@ from pfhistory.models import (
     PEER_FIELDS,
     Address,
     Collection,
-    Rollup,
+    RollupHour,
     Sample,
     Setting,
     State,
@@ -377,13 +377,16 @@ def expire_samples(conn, before_collection_id, limit):
         (before_collection_id,)).rowcount
 
 
-def prune_states_batch(conn, before_at, limit):
+def prune_states_batch(conn, before_at, limit, rolled_up_to=None):
     """Delete up to limit states that ended before before_at, with their keys,
-    peers and samples. Returns how many states were deleted."""
+    peers and samples; only those that ended by collection rolled_up_to, if given
+    (the hours not yet in rollups still need the others). Returns how many states
+    were deleted."""
     ph = _ph(conn)
+    rolled = "" if rolled_up_to is None else f"AND ended_before <= {int(rolled_up_to)} "
     pks = [r[0] for r in conn.exec_driver_sql(
         f"SELECT pk FROM states WHERE ended_before_at IS NOT NULL "
-        f"AND ended_before_at <= {ph} ORDER BY ended_before_at LIMIT {int(limit)}",
+        f"AND ended_before_at <= {ph} {rolled}ORDER BY ended_before_at LIMIT {int(limit)}",
         (before_at,))]
     if not pks:
         return 0
@@ -722,26 +725,28 @@ def collection_times_of(conn, ids):
 
 # -- summaries -------------------------------------------------------------------
 
-def summary(conn, top=5):
-    """The history in a few numbers: collections, states, top talkers by bytes
-    (from the rollups: local and remote as pfhistory.rollup defines them)."""
-    first, last, n = conn.execute(select(func.min(Collection.collected_at),
-                                         func.max(Collection.collected_at),
-                                         func.count())).one()
+def summary(conn, top=5, pending=False):
+    """The history in a few numbers: snapshots and pfsync batches (each: how many, the
+    first and last time), states, top talkers by bytes (from the rollups: local and
+    remote as pfhistory.rollup defines them; pending: with fill_open_rollups' hours)."""
+    c = Collection
+    kinds = {kind: (n, first, last) for kind, n, first, last in conn.execute(
+        select(c.kind, func.count(), func.min(c.collected_at), func.max(c.collected_at))
+        .group_by(c.kind))}
     states, open_ = conn.execute(select(func.count(), func.count(State.pk).filter(
         State.ended_before.is_(None)))).one()
+    ph = _ph(conn)
 
     def talkers(dim):
-        r = Rollup.__table__.c
-        total = func.sum(r.bytes_out + r.bytes_in)
-        q = (select(Address.text, total.label("bytes"), func.sum(r.states).label("states"))
-             .select_from(Rollup.__table__.join(Address.__table__, Address.id == r.key))
-             .where(r.dim == dim).group_by(Address.text)
-             .order_by(total.desc(), Address.text).limit(top))
-        return [tuple(row) for row in conn.execute(q)]
+        return [tuple(r) for r in conn.exec_driver_sql(
+            f"SELECT a.text, SUM(ru.bytes_out + ru.bytes_in) AS b, SUM(ru.states) "
+            f"FROM {_ROLLUP_SOURCE[pending]} JOIN addresses a ON a.id = ru.key "
+            f"WHERE ru.dim = {ph} GROUP BY a.text ORDER BY b DESC, a.text LIMIT {int(top)}",
+            (dim,))]
 
-    return {"collections": n, "first": first, "last": last, "states": states,
-            "open": open_, "closed": states - open_,
+    none = (0, None, None)
+    return {"snapshots": kinds.get(0, none), "batches": kinds.get(1, none),
+            "states": states, "open": open_, "closed": states - open_,
             "top_local": talkers(1), "top_remote": talkers(2)}
 
 
@@ -771,26 +776,51 @@ def ping(conn):
 
 _ROLLUP_COLUMNS = ("hour", "dim", "key", "key2", "label", "states", "halfopen",
                    "packets_out", "packets_in", "bytes_out", "bytes_in")
-# The state's identity as a rollup sees it: which sides, which rule, where.
-_ROLLUP_STATE = ("s.pk, s.direction, s.proto, s.rule, s.anchor, s.ifname, "
-                 "wk.addr0, wk.port0, wk.addr1, wk.port1, sk.addr0, sk.port0, "
-                 "sk.addr1, sk.port1, wk.mirror")
-_ROLLUP_JOIN = ("JOIN state_keys wk ON wk.state_pk = s.pk AND wk.side = 0 "
-                "JOIN state_keys sk ON sk.state_pk = s.pk AND sk.side = 1 ")
+_ROLLUP_KEYS = ("hour", "dim", "key", "key2", "label")
+# Rollups as reports read them: the table, or the table and the hours not yet in it,
+# computed for this connection into a temporary table (fill_open_rollups).
+_OPEN_ROLLUPS = "pfh_open_rollups"
+_ROLLUP_SOURCE = {
+    False: "rollups ru",
+    True: (f"(SELECT {', '.join(_ROLLUP_COLUMNS)} FROM rollups UNION ALL "
+           f"SELECT {', '.join(_ROLLUP_COLUMNS)} FROM {_OPEN_ROLLUPS}) ru"),
+}
 
 
-def pending_rollups(conn):
-    """(id, collected_at) of snapshot collections not yet counted in rollups, oldest
-    first (pfsync batches are not rolled up)."""
-    return [tuple(r) for r in conn.execute(
-        select(Collection.id, Collection.collected_at)
-        .where(Collection.rolled_up == 0, Collection.kind == 0).order_by(Collection.id))]
+def rollup_frontier(conn):
+    """(hour, last_collection) of the newest hour in rollups, or None."""
+    row = conn.exec_driver_sql(
+        "SELECT hour, last_collection FROM rollup_hours ORDER BY hour DESC LIMIT 1").first()
+    return tuple(row) if row else None
 
 
-def previous_collection(conn, collection_id):
-    """The id of the collection before collection_id, or None."""
-    return conn.execute(select(func.max(Collection.id))
-                        .where(Collection.id < collection_id)).scalar()
+def newest_collection(conn):
+    """(max id, max collected_at) of all collections, snapshots and pfsync batches,
+    or None."""
+    row = conn.execute(select(func.max(Collection.id), func.max(Collection.collected_at))
+                       ).first()
+    return tuple(row) if row and row[0] is not None else None
+
+
+def next_collection(conn, after_id):
+    """(id, collected_at) of the first collection after after_id (by id), or None."""
+    row = conn.exec_driver_sql(
+        f"SELECT id, collected_at FROM collections WHERE id > {_ph(conn)} "
+        f"ORDER BY id LIMIT 1", (after_id,)).first()
+    return tuple(row) if row else None
+
+
+def first_collection_id(conn):
+    """The id of the history's first collection (its baseline), or None."""
+    return conn.execute(select(func.min(Collection.id))).scalar()
+
+
+def first_collection_after(conn, after_id, at):
+    """The smallest id above after_id of a collection taken after at, or None."""
+    ph = _ph(conn)
+    return conn.exec_driver_sql(
+        f"SELECT min(id) FROM collections WHERE id > {ph} AND collected_at > {ph}",
+        (after_id, at)).scalar()
 
 
 def first_pk_after(conn, collection_id):
@@ -815,57 +845,95 @@ def first_pk_after(conn, collection_id):
     return lo
 
 
-def first_seen_pk_range(conn, collection_id):
-    """(lo, hi) pks of the states first seen at collection_id, or None."""
-    lo, hi = first_pk_after(conn, collection_id - 1), first_pk_after(conn, collection_id) - 1
-    return (lo, hi) if lo <= hi else None
-
-
 def max_pk(conn):
     return conn.exec_driver_sql("SELECT max(pk) FROM states").scalar() or 0
 
 
-def rollup_new_states(conn, collection_id, lo, hi):
-    """States first seen at a collection: identity, counters then, TCP peer states."""
-    ph = _ph(conn)
-    return conn.exec_driver_sql(
-        f"SELECT {_ROLLUP_STATE}, "
-        f"COALESCE(n.packets0, s.packets0), COALESCE(n.packets1, s.packets1), "
-        f"COALESCE(n.bytes0, s.bytes0), COALESCE(n.bytes1, s.bytes1), "
-        f"COALESCE(n.src_state, ps.state), COALESCE(n.dst_state, pd.state) "
-        f"FROM states s {_ROLLUP_JOIN}"
-        f"LEFT JOIN state_peers ps ON ps.state_pk = s.pk AND ps.side = 0 AND s.proto = 6 "
-        f"LEFT JOIN state_peers pd ON pd.state_pk = s.pk AND pd.side = 1 AND s.proto = 6 "
-        f"LEFT JOIN samples n ON n.state_pk = s.pk AND n.valid_from = {ph} "
-        f"AND n.present = 1 "
-        f"WHERE s.pk BETWEEN {ph} AND {ph} AND s.first_seen = {ph}",
-        (collection_id, lo, hi, collection_id))
+def _named(conn, sql, values):
+    """sql with :name parameters as the driver's positional placeholders, and the
+    values in their order (one SQL text for SQLite and PostgreSQL)."""
+    import re
+
+    names = re.findall(r":(\w+)", sql)
+    return re.sub(r":\w+", _ph(conn), sql), tuple(values[n] for n in names)
 
 
-def rollup_changed_states(conn, collection_id):
-    """States whose values changed at a collection: identity and what moved since
-    their previous values (from the sample those values went to)."""
-    ph = _ph(conn)
-    cur = {f: f"COALESCE(n.{f}, s.{f}) - p.{f}"
-           for f in ("packets0", "packets1", "bytes0", "bytes1")}
-    return conn.exec_driver_sql(
-        f"SELECT {_ROLLUP_STATE}, {cur['packets0']}, {cur['packets1']}, "
-        f"{cur['bytes0']}, {cur['bytes1']}, NULL, NULL "
-        f"FROM samples p JOIN states s ON s.pk = p.state_pk {_ROLLUP_JOIN}"
-        f"LEFT JOIN samples n ON n.state_pk = s.pk AND n.valid_from = {ph} "
-        f"AND n.present = 1 "
-        f"WHERE p.valid_until = {ph}", (collection_id, collection_id))
+def _rollup_versions(column):
+    """A counter of a state at the hour's last collection (:last) and before the hour
+    (:before; its first observation for the history's first collection, :first_id; 0
+    for a state new in the hour): the row's own value when it held then, else the
+    sample it replaced; NULL when that sample has expired."""
+    at_end = (f"CASE WHEN s.values_since <= :last THEN s.{column} "
+              f"WHEN e.valid_from <= :last THEN e.{column} END")
+    before = (f"CASE WHEN s.first_seen <= :before THEN "
+              f"(CASE WHEN f.valid_from <= :before THEN f.{column} END) "
+              f"WHEN s.first_seen = :first_id THEN "
+              f"(CASE WHEN s.values_since = s.first_seen THEN s.{column} ELSE n.{column} END) "
+              f"ELSE 0 END")
+    return f"({at_end}) - ({before})"
 
 
-def samples_until(conn, collection_id):
-    """How many samples end at a collection (0 once they have expired)."""
-    return conn.execute(select(func.count()).select_from(Sample)
-                        .where(Sample.__table__.c.valid_until == collection_id)).scalar()
+# What an hourly rollup reads of a state: its identity (sides, rule, where), whether it
+# is new in the hour and then whether it was half-open (TCP, both peers before
+# ESTABLISHED at its first observation), and what each counter moved in the hour. The
+# versions of its values come from the row itself or from samples, each found through
+# the primary key (state_pk, the first valid_until after that collection): e at the
+# hour's last collection, f at the one before the hour, n at its first observation.
+_ROLLUP_HOUR_SQL = (
+    "SELECT s.pk, s.direction, s.proto, s.rule, s.anchor, s.ifname, "
+    "wk.addr0, wk.port0, wk.addr1, wk.port1, sk.addr0, sk.addr1, sk.port1, wk.mirror, "
+    "CASE WHEN s.first_seen > :before THEN 1 ELSE 0 END, "
+    "CASE WHEN s.first_seen > :before AND s.proto = 6 THEN (CASE "
+    "WHEN s.values_since = s.first_seen THEN "
+    "(CASE WHEN ps.state < 4 AND pd.state < 4 THEN 1 ELSE 0 END) "
+    "WHEN n.src_state IS NOT NULL THEN "
+    "(CASE WHEN n.src_state < 4 AND n.dst_state < 4 THEN 1 ELSE 0 END) END) "
+    "ELSE 0 END, "
+    + ", ".join(_rollup_versions(c) for c in ("packets0", "packets1", "bytes0", "bytes1")) +
+    " FROM states s "
+    "JOIN state_keys wk ON wk.state_pk = s.pk AND wk.side = 0 "
+    "JOIN state_keys sk ON sk.state_pk = s.pk AND sk.side = 1 "
+    "LEFT JOIN samples e ON s.values_since > :last AND e.state_pk = s.pk "
+    "AND e.valid_until = (SELECT min(x.valid_until) FROM samples x "
+    "WHERE x.state_pk = s.pk AND x.valid_until > :last) "
+    "LEFT JOIN samples f ON s.first_seen <= :before AND f.state_pk = s.pk "
+    "AND f.valid_until = (SELECT min(x.valid_until) FROM samples x "
+    "WHERE x.state_pk = s.pk AND x.valid_until > :before) "
+    "LEFT JOIN samples n ON s.first_seen > :before AND s.values_since > s.first_seen "
+    "AND (s.proto = 6 OR s.first_seen = :first_id) AND n.state_pk = s.pk "
+    "AND n.valid_until = (SELECT min(x.valid_until) FROM samples x WHERE x.state_pk = s.pk) "
+    "LEFT JOIN state_peers ps ON s.first_seen > :before AND s.values_since = s.first_seen "
+    "AND s.proto = 6 AND ps.state_pk = s.pk AND ps.side = 0 "
+    "LEFT JOIN state_peers pd ON s.first_seen > :before AND s.values_since = s.first_seen "
+    "AND s.proto = 6 AND pd.state_pk = s.pk AND pd.side = 1 "
+    "WHERE {where} AND s.values_since > :before AND s.first_seen <= :last")
 
 
-def collection_updated(conn, collection_id):
-    return conn.execute(select(Collection.updated + Collection.reopened)
-                        .where(Collection.id == collection_id)).scalar() or 0
+def rollup_hour_states(conn, before, last, first_id, closed):
+    """The states an hour's rollup counts: those whose values changed after collection
+    before (the last one before the hour) and that some collection up to last (the
+    hour's last) saw; the open ones, or (closed) those that ended after before.
+    first_id: the history's first collection (its states' bytes are a baseline).
+
+    Rows: pk, direction, proto, rule, anchor, ifname, the wire key's addr0, port0,
+    addr1, port1, the stack key's addr0, addr1, port1, mirror, new (1/0), half-open
+    (1/0; NULL if unknown), then packets0, packets1, bytes0, bytes1 moved in the hour
+    (negative if a counter went back; NULL if a sample they need has expired). States
+    whose values did not change since before moved nothing in the hour and were not
+    new in it, so they are not read at all."""
+    # Open states through the end-time index (NULL while open); states that ended after
+    # the hour began through the index of ends by collection.
+    where = "s.ended_before > :before" if closed else "s.ended_before_at IS NULL"
+    sql, params = _named(conn, _ROLLUP_HOUR_SQL.format(where=where),
+                         {"before": before, "last": last, "first_id": first_id})
+    # Plain DBAPI tuples, read in chunks: a million rows. PostgreSQL's drivers would
+    # fetch them all at once unless the cursor is a named (server-side) one.
+    if conn.dialect.name == "postgresql":
+        cursor = conn.connection.cursor(name="pfh_rollup_hour")
+    else:
+        cursor = conn.connection.cursor()
+    cursor.execute(sql, params)
+    return cursor
 
 
 def address_ids_in(conn, ranges):
@@ -879,16 +947,29 @@ def address_ids_in(conn, ranges):
 
 def upsert_rollups(conn, rows):
     """Add rows (_ROLLUP_COLUMNS order) to the hours' rollups."""
-    keys = ("hour", "dim", "key", "key2", "label")
     sums = ", ".join(f"{c} = rollups.{c} + excluded.{c}"
-                     for c in _ROLLUP_COLUMNS if c not in keys)
+                     for c in _ROLLUP_COLUMNS if c not in _ROLLUP_KEYS)
     _executemany(conn, _insert_sql("rollups", _ROLLUP_COLUMNS)
-                 + f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {sums}", rows)
+                 + f" ON CONFLICT ({', '.join(_ROLLUP_KEYS)}) DO UPDATE SET {sums}", rows)
 
 
-def mark_rolled_up(conn, collection_id, value):
-    conn.execute(update(Collection).where(Collection.id == collection_id)
-                 .values(rolled_up=value))
+def insert_rollup_hour(conn, hour, first, last, rolled_up, states, duration_ms):
+    """Record an hour as rolled up, and mark its collections (first to last, by id)."""
+    conn.execute(RollupHour.__table__.insert().values(
+        hour=hour, first_collection=first, last_collection=last, rolled_up=rolled_up,
+        states=states, duration_ms=duration_ms))
+    conn.execute(update(Collection).where(Collection.id >= first, Collection.id <= last)
+                 .values(rolled_up=rolled_up))
+
+
+def fill_open_rollups(conn, rows):
+    """Rollup rows of hours not in the table, for this connection's reads only (a
+    temporary table: reports open the database read-only)."""
+    _temp_table(conn, _OPEN_ROLLUPS,
+                "hour BIGINT, dim SMALLINT, key BIGINT, key2 BIGINT, label TEXT, "
+                "states INTEGER, halfopen INTEGER, packets_out BIGINT, packets_in BIGINT, "
+                "bytes_out BIGINT, bytes_in BIGINT")
+    _executemany(conn, _insert_sql(_OPEN_ROLLUPS, _ROLLUP_COLUMNS), rows)
 
 
 # -- reports -----------------------------------------------------------------------
@@ -905,6 +986,16 @@ def collections_between(conn, since, until):
         .order_by(c.id))]
 
 
+def batches_between(conn, since, until):
+    """pfsync batches in [since, until], oldest first:
+    (id, collected_at, inserted, closed, packets, bytes)."""
+    c = Collection
+    return [tuple(r) for r in conn.execute(
+        select(c.id, c.collected_at, c.inserted, c.closed, c.packets, c.bytes)
+        .where(c.collected_at >= since, c.collected_at <= until, c.kind == 1)
+        .order_by(c.id))]
+
+
 def collection_neighbours(conn, since, until):
     """collected_at of the newest collection before since and of the oldest after
     until (None where there is none), and the id of the history's first."""
@@ -917,20 +1008,20 @@ def collection_neighbours(conn, since, until):
     return before, after, first
 
 
-def rollup_totals(conn, dims, hour_lo, hour_hi):
+def rollup_totals(conn, dims, hour_lo, hour_hi, pending=False):
     """Every (dim, key, key2, label) of some (small) dimensions in the hours
     [hour_lo, hour_hi) with its sums (states, halfopen, packets_out, packets_in,
-    bytes_out, bytes_in)."""
+    bytes_out, bytes_in). pending: with the hours fill_open_rollups computed."""
     ph = _ph(conn)
     dims = [int(d) for d in dims]
     return conn.exec_driver_sql(
         f"SELECT dim, key, key2, label, SUM(states), SUM(halfopen), SUM(packets_out), "
-        f"SUM(packets_in), SUM(bytes_out), SUM(bytes_in) FROM rollups "
+        f"SUM(packets_in), SUM(bytes_out), SUM(bytes_in) FROM {_ROLLUP_SOURCE[pending]} "
         f"WHERE hour >= {ph} AND hour < {ph} AND dim IN ({', '.join(map(str, dims))}) "
         f"GROUP BY dim, key, key2, label", (hour_lo, hour_hi)).fetchall()
 
 
-def rollup_top(conn, dim, hour_lo, hour_hi, limit):
+def rollup_top(conn, dim, hour_lo, hour_hi, limit, pending=False):
     """The keys of one dimension that rank in the first limit by bytes out, bytes
     in, both, states or half-open states over the hours [hour_lo, hour_hi), with
     their sums: (key, key2, label, states, halfopen, packets_out, packets_in,
@@ -947,28 +1038,30 @@ def rollup_top(conn, dim, hour_lo, hour_hi, limit):
     return conn.exec_driver_sql(
         f"WITH g AS (SELECT key, SUM(states) AS st, SUM(halfopen) AS half, "
         f"SUM(packets_out) AS po, SUM(packets_in) AS pi, SUM(bytes_out) AS bo, "
-        f"SUM(bytes_in) AS bi FROM rollups WHERE dim = {ph} AND hour >= {ph} "
-        f"AND hour < {ph} GROUP BY key) "
+        f"SUM(bytes_in) AS bi FROM {_ROLLUP_SOURCE[pending]} WHERE dim = {ph} "
+        f"AND hour >= {ph} AND hour < {ph} GROUP BY key) "
         f"SELECT key, 0, '', st, half, po, pi, bo, bi FROM g WHERE key IN ({picks})",
         (dim, hour_lo, hour_hi)).fetchall()
 
 
-def rollup_bursts(conn, dim, hour_lo, hour_hi, at_least):
+def rollup_bursts(conn, dim, hour_lo, hour_hi, at_least, pending=False):
     """(hour, key, states) of one dimension's hours with at least that many states."""
     ph = _ph(conn)
     return conn.exec_driver_sql(
-        f"SELECT hour, key, states FROM rollups WHERE dim = {ph} AND hour >= {ph} "
+        f"SELECT hour, key, states FROM {_ROLLUP_SOURCE[pending]} WHERE dim = {ph} "
+        f"AND hour >= {ph} "
         f"AND hour < {ph} AND states >= {ph}", (dim, hour_lo, hour_hi, at_least)).fetchall()
 
 
-def rollup_hourly(conn, dim, keys, hour_lo, hour_hi):
+def rollup_hourly(conn, dim, keys, hour_lo, hour_hi, pending=False):
     """(hour, key, states, bytes_out, bytes_in) of some keys of one dimension."""
     if not keys:
         return []
     ph = _ph(conn)
     marks = ", ".join([ph] * len(keys))
     return conn.exec_driver_sql(
-        f"SELECT hour, key, SUM(states), SUM(bytes_out), SUM(bytes_in) FROM rollups "
+        f"SELECT hour, key, SUM(states), SUM(bytes_out), SUM(bytes_in) "
+        f"FROM {_ROLLUP_SOURCE[pending]} "
         f"WHERE dim = {ph} AND hour >= {ph} AND hour < {ph} AND key IN ({marks}) "
         f"GROUP BY hour, key ORDER BY hour",
         (dim, hour_lo, hour_hi, *keys)).fetchall()

@@ -4,12 +4,15 @@ Everything comes from three small sources, so a day of a 100,000-state
 firewall (about 12 million states) reports in seconds: the collections
 (coverage, concurrent and new states, bytes per interval), the hourly rollups
 (top lists, half-open and bursty sources; see pfhistory.rollup), and indexed
-lookups of a few states (longest-lived, largest, open for days). The report
+lookups of a few states (longest-lived, largest, open for days). The hour not
+yet complete, which the rollups do not hold yet, is computed for the report
+(one pass over that hour's states) and read beside them. The report
 is a list of sections of named tables; renderers (pfhistory.report_format)
 print the same tables as text, csv, json or html, so every format carries the
 same numbers.
 """
 
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from statistics import median
@@ -164,18 +167,20 @@ class _Builder:
         self.since, self.until, self.first_id, self.top = since, until, first_id, top
         self.hour_lo = since - since % 3600
         self.hour_hi = -(-until // 3600) * 3600     # rollup hours are (h, h + 3600]
+        # Hours not yet in rollups (the newest, incomplete): computed now, read with them.
+        self.open_hours, self.open_expired = R.open_rollups(conn, self.hour_lo, self.hour_hi)
         self.totals = {}
         # Small dimensions whole; hosts (a day can name a million remote
         # addresses) as the keys that rank in some top list.
         small = (R.SERVICE, R.RULE, R.INTERFACE, R.NAT, R.PUBLISHED, R.LARGEST)
-        for dim, key, key2, label, *sums in queries.rollup_totals(conn, small, self.hour_lo,
-                                                                  self.hour_hi):
+        for dim, key, key2, label, *sums in queries.rollup_totals(
+                conn, small, self.hour_lo, self.hour_hi, pending=True):
             self.totals.setdefault(dim, []).append((key, key2, label, *map(int, sums)))
         for dim in (R.LOCAL, R.REMOTE, R.SOURCE):
             self.totals[dim] = [
                 (key, key2, label, *map(int, sums)) for key, key2, label, *sums in
                 queries.rollup_top(conn, dim, self.hour_lo, self.hour_hi,
-                                   max(top, CHART_HOSTS))]
+                                   max(top, CHART_HOSTS), pending=True)]
         self.addr = {}
 
     def _texts(self, ids):
@@ -192,12 +197,22 @@ class _Builder:
         # The history's first collection is its baseline: what its states moved
         # and when they began cannot be placed in an interval.
         counted = [c for c in colls if c[0] != self.first_id]
-        new = sum(c[3] for c in counted)
-        ended = sum(c[4] for c in counted)
+        # pfsync batches (as rollups count them): the states they first saw or ended,
+        # and what moved, each in the interval of the next snapshot.
+        batches = [b for b in queries.batches_between(self.conn, self.since, self.until)
+                   if b[0] != self.first_id]
+        into = {}
+        times = [c[1] for c in colls]
+        for b in batches:
+            i = bisect_left(times, b[1])
+            if i < len(times):
+                into.setdefault(colls[i][0], []).append(b)
+        new = sum(c[3] for c in counted) + sum(b[2] for b in batches)
+        ended = sum(c[4] for c in counted) + sum(b[3] for b in batches)
         seen = colls[0][2] + new
         peak = max(colls, key=lambda c: (c[2], -c[1]))
-        moved_b = sum(c[6] for c in counted)
-        moved_p = sum(c[5] for c in counted)
+        moved_b = sum(c[6] for c in counted) + sum(b[5] for b in batches)
+        moved_p = sum(c[5] for c in counted) + sum(b[4] for b in batches)
         t = Table("overview", "The period in numbers", ["measure", "value"], ["text", "int"])
         t.rows = [("states seen", seen), ("new states", new), ("ended states", ended),
                   ("peak concurrent states", peak[2]), ("bytes moved", moved_b),
@@ -205,24 +220,35 @@ class _Builder:
         t.note = (f"Peak at {format_epoch(peak[1])}. New and ended states are those first seen "
                   f"and last seen between collections; states that began and ended "
                   f"between two collections are not counted.")
+        if batches:
+            t.note += (f" With the {len(batches):,} pfsync batches of the period: the states "
+                       f"they saw begin or end are counted, each batch in the interval of the "
+                       f"next snapshot (those after the last one in these totals only).")
         sec.lines.append(f"Peak: {peak[2]:,} concurrent states at {format_epoch(peak[1])}.")
-        pending = [c for c in colls if c[7] == 0]
+        if self.open_hours:
+            hours = ", ".join(format_epoch(w.hour) for w in self.open_hours)
+            sec.lines.append(f"Hours not yet in the rollups, computed for this report: "
+                             f"{hours} (the newest is not complete: later collections "
+                             f"will add to it).")
         partial = [c for c in colls if c[7] == 2]
-        if pending:
-            sec.lines.append(f"{len(pending)} collection(s) are not yet in the rollups "
-                             f"(pfhistory collect adds them): top lists leave them out.")
-        if partial:
-            sec.lines.append(f"{len(partial)} collection(s) were rolled up after their "
-                             f"samples expired: top lists count only their new states.")
+        if partial or self.open_expired:
+            sec.lines.append(f"{len(partial) or 'Some'} collection(s) were rolled up after "
+                             f"samples they needed expired: top lists count what moved "
+                             f"only where the samples were kept, and all new states.")
         sec.lines.append(
             f"Top lists count whole UTC hours: {format_epoch(self.hour_lo)} to {format_epoch(self.hour_hi)}.")
         series = Table("timeline", "Per collection", ["time", "concurrent states",
                                                        "new states", "ended states",
                                                        "bytes moved"],
                        ["time", "int", "int", "int", "bytes"])
-        series.rows = [(c[1], c[2], None if c[0] == self.first_id else c[3],
-                        None if c[0] == self.first_id else c[4],
-                        None if c[0] == self.first_id else c[6]) for c in colls]
+        def plus(c, i, j):
+            """A snapshot's figure and those of the batches in its interval."""
+            if c[0] == self.first_id:
+                return None
+            return c[i] + sum(b[j] for b in into.get(c[0], ()))
+
+        series.rows = [(c[1], c[2], plus(c, 3, 2), plus(c, 4, 3), plus(c, 6, 5))
+                       for c in colls]
         sec.tables += [t, series]
         sec.charts += [Chart("concurrent", "Concurrent states", "timeline", 0, [1]),
                        Chart("new", "New states per interval", "timeline", 0, [2], "bar"),
@@ -317,7 +343,7 @@ class _Builder:
         rows.sort(key=lambda r: (-(r[18] + r[19]), r[0]))
         sec.tables.append(self._connections(
             "largest", "Largest connections (bytes in their life)", rows[:top],
-            note="Among the states that moved the most in any one collection interval."))
+            note="Among the 25 states that moved the most in each hour."))
         self.rep.sections.append(sec)
         self._host_chart()
 
@@ -357,7 +383,8 @@ class _Builder:
         rows = self._ranked(R.LOCAL, lambda r: (-(r[7] + r[8]), -r[3], r[0]), CHART_HOSTS)
         keys = [r[0] for r in rows]
         names = self._texts(keys)
-        hourly = queries.rollup_hourly(self.conn, R.LOCAL, keys, self.hour_lo, self.hour_hi)
+        hourly = queries.rollup_hourly(self.conn, R.LOCAL, keys, self.hour_lo, self.hour_hi,
+                                       pending=True)
         by_hour = {}
         for hour, key, _states, bout, bin_ in hourly:
             by_hour.setdefault(hour, {})[key] = int(bout) + int(bin_)
@@ -403,7 +430,7 @@ class _Builder:
                   f"source's median count in the other hours of the period and the week before "
                   f"(the hour of the history's first collection, its baseline, left out).")
         period = queries.rollup_bursts(self.conn, R.SOURCE, self.hour_lo, self.hour_hi,
-                                       BURST_MIN)
+                                       BURST_MIN, pending=True)
         peaks = {}
         for hour, key, states in period:
             if states > peaks.get(key, (0, 0))[1]:
@@ -411,7 +438,8 @@ class _Builder:
         if not peaks:
             return t
         lo = self.hour_lo - USUAL_LOOKBACK_S
-        hist = queries.rollup_hourly(self.conn, R.SOURCE, sorted(peaks), lo, self.hour_hi)
+        hist = queries.rollup_hourly(self.conn, R.SOURCE, sorted(peaks), lo, self.hour_hi,
+                                     pending=True)
         # Hours with collections tell what is usual, except the hour of the
         # history's first collection: all its states count as new there.
         covered = sorted({R.hour_of(c[1])

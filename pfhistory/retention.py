@@ -18,13 +18,18 @@ _VACUUM_PAGES = 2000
 
 
 def prune(engine, before_at):
-    """Delete states that ended at or before before_at; returns (states, addresses)."""
+    """Delete states that ended at or before before_at; returns (states, addresses).
+
+    States an hour not yet in rollups still counts are kept until it is rolled up."""
     batch = _FIRST_BATCH
     states = addresses = 0
+    with engine.connect() as conn:
+        frontier = queries.rollup_frontier(conn)
+    rolled_up_to = frontier[1] if frontier else 0
     while True:
         started = time.monotonic()
         with write_transaction(engine) as conn:
-            n = queries.prune_states_batch(conn, before_at, batch)
+            n = queries.prune_states_batch(conn, before_at, batch, rolled_up_to)
         states += n
         elapsed = time.monotonic() - started
         if n < batch:

@@ -80,6 +80,8 @@ class _Batch(_Recorder):
         self.new_packets = self.new_bytes = 0
         self.staged_any = False
         self.creatorids = Counter()
+        # What the states a whole record updated moved since their previous values.
+        self.moved_packets = self.moved_bytes = 0
 
 
 class SyncRecorder:
@@ -103,6 +105,7 @@ class SyncRecorder:
         self.malformed = Counter()   # reason -> packets, since the start
         self.totals = Counter()
         self._partials = None        # whether partial_states may hold rows
+        self._rollup_after = None    # a batch later than this completes an hour
 
     # -- receiving -------------------------------------------------------------------
 
@@ -159,6 +162,20 @@ class SyncRecorder:
         self.first_at = None
         return result
 
+    def roll_up(self, at):
+        """After a batch dated at: add the hours it completed to the rollups
+        (pfhistory.rollup); a no-op until a batch passes the open hour's end."""
+        if self._rollup_after is not None and at <= self._rollup_after:
+            return
+        from pfhistory import rollup
+
+        hours, ms = rollup.timed_roll_up(self.engine)
+        self.totals["rollup_hours"] += hours
+        self.totals["rollup_ms"] += ms
+        with self.engine.connect() as conn:
+            pending = rollup.pending_hours(conn)
+        self._rollup_after = pending[-1].hour + 3600 if pending else at
+
     def _write(self, conn, result):
         newest = queries.latest_collection(conn)
         last_at = max((at for at, _m in self.pending), default=None)
@@ -213,10 +230,13 @@ class SyncRecorder:
         self._apply(conn, batch, segment, prev_id, result)
         result.messages += n_state
         if creators:
-            queries.finish_collection(conn, collection_id,
-                                      {"creatorid": creators.most_common(1)[0][0],
-                                       "packets": min(batch.new_packets, _U63),
-                                       "bytes": min(batch.new_bytes, _U63)})
+            # Bytes moved since the previous collection, as a snapshot counts them: new
+            # states' counters and what whole records added to known states' (the
+            # hourly rollups sum to the collections' bytes).
+            queries.finish_collection(conn, collection_id, {
+                "creatorid": creators.most_common(1)[0][0],
+                "packets": min(batch.new_packets + batch.moved_packets, _U63),
+                "bytes": min(batch.new_bytes + batch.moved_bytes, _U63)})
 
     def _apply(self, conn, batch, segment, prev_id, result):
         """Apply one run of state messages (between CLRs) to the history: states some
@@ -282,7 +302,9 @@ class SyncRecorder:
             result.reopened += len(reopen)
         if staged:
             queries.stage(conn, [r for r, _p in staged], [p for _r, p in staged], first=True)
-            _p, _b, samples = queries.apply_staged(conn, c, count_moved=False)
+            packets, nbytes, samples = queries.apply_staged(conn, c)
+            batch.moved_packets += packets
+            batch.moved_bytes += nbytes
             result.samples += samples
             result.updated += len(staged)
         if ends:
@@ -416,6 +438,12 @@ def check_not_older(engine, first_at, origin):
                       f"older captures are refused")
 
 
+def _flush_and_roll_up(recorder):
+    result = recorder.flush()
+    if result is not None:
+        recorder.roll_up(result.collected_at)
+
+
 def ingest_capture(engine, path, batch_packets=DEFAULT_BATCH_PACKETS,
                    batch_ms=DEFAULT_BATCH_MS, host=None, sample_retention=None):
     """Record a pcap/pcapng capture of pfsync traffic, batched by packet time as a
@@ -447,11 +475,11 @@ def ingest_capture(engine, path, batch_packets=DEFAULT_BATCH_PACKETS,
             recorder.totals["other"] += 1
             continue
         if recorder.first_at is not None and frame.at - recorder.first_at >= recorder.batch_s:
-            recorder.flush()
+            _flush_and_roll_up(recorder)
         if recorder.add(frame.at, frame.data, ip=frame.kind == capture.KIND_IP):
-            recorder.flush()
+            _flush_and_roll_up(recorder)
         last_at = frame.at
-    recorder.flush()
+    _flush_and_roll_up(recorder)
     if sample_retention is not None and first_at is not None:
         from pfhistory.collector import expire_samples
 

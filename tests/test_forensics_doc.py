@@ -211,12 +211,20 @@ def test_q15_half_open(forensic_db, history):
     assert rows and {r["source"]: r["half_open"] for r in rows} == dict(counts)
 
 
-def test_q16_rollups_agree_with_the_report(forensic_db):
+def test_q16_rollups_agree_with_the_report(forensic_db, tmp_path):
+    """Rollups hold complete hours: a collection after 23:00 completes 22:00-23:00."""
     import json
+    import shutil
 
     since, until = T0, T0 + 3600
-    rows = _run(forensic_db, "Q16", since=_iso(since), until=_iso(until))
-    out = run_cli("report", "--db", forensic_db, "--since", _iso(since) + "Z",
+    assert _run(forensic_db, "Q16", since=_iso(since), until=_iso(until)) == []
+    db = tmp_path / "history.db"
+    shutil.copy(forensic_db, db)
+    last = sorted((forensic_db.parent / "snapshots").glob("*.pfstate"))[-1]
+    out = run_cli("collect", "--db", db, "--from-file", last, "--at", _iso(until + 60) + "Z")
+    assert out.returncode == 0, out.stderr
+    rows = _run(db, "Q16", since=_iso(since), until=_iso(until))
+    out = run_cli("report", "--db", db, "--since", _iso(since) + "Z",
                   "--until", _iso(until) + "Z",
                   "--format", "json")
     assert out.returncode == 0, out.stderr

@@ -123,3 +123,40 @@ def test_db_upgrade_refuses_a_foreign_database(tmp_path):
     con = sqlite3.connect(other)
     assert [r[0] for r in con.execute("SELECT name FROM sqlite_master")] == ["customers"]
     con.close()
+
+
+@pytest.mark.parametrize("second_rolled, finished", [(1, 2), (0, 1)])
+def test_0006_keeps_the_hours_old_rollups_finished(tmp_path, second_rolled, finished):
+    """Rollups per collection (0005) become hourly ones: the hours the old rollups
+    finished (each snapshot in, a collection after the hour) stay and are listed; any
+    later hour is left to the hourly pass, its rows gone, its collections waiting."""
+    path = tmp_path / "h.db"
+    url, engine = _engine(path)
+    db.upgrade(engine, url, "0005")
+    hour = 1795554000
+    # (id, collected_at, kind, rolled_up): the baseline closing the hour before, two
+    # snapshots and a pfsync batch (never rolled up before) in the hour, one after it.
+    collections = [(1, hour, 0, 1), (2, hour + 60, 0, second_rolled), (3, hour + 90, 1, 0),
+                   (4, hour + 120, 0, 1), (5, hour + 3660, 0, 1)]
+    con = sqlite3.connect(path)
+    con.executemany("INSERT INTO collections (id, collected_at, kind, rolled_up, source, host, "
+                    "states, inserted, updated, reopened, closed, packets, bytes, samples, "
+                    "duration_ms) VALUES (?, ?, ?, ?, 'test', 'test', 0, 0, 0, 0, 0, 0, 0, 0, 0)",
+                    collections)
+    con.executemany("INSERT INTO rollups VALUES (?, 3, 443, 6, '', 1, 0, 1, 1, 10, 10)",
+                    [(hour - 3600,), (hour,), (hour + 3600,)])
+    con.commit()
+    con.close()
+    db.upgrade(engine, url)
+    con = sqlite3.connect(path)
+    hours = [(hour - 3600, 1, 1, 1), (hour, 2, 4, 1)][:finished]
+    assert con.execute("SELECT hour, first_collection, last_collection, rolled_up "
+                       "FROM rollup_hours ORDER BY hour").fetchall() == hours
+    assert [h for h, in con.execute("SELECT hour FROM rollups ORDER BY hour")] == \
+        [h for h, *_ in hours]
+    waiting = hours[-1][2] + 1
+    assert con.execute("SELECT id FROM collections WHERE rolled_up = 0").fetchall() == \
+        [(i,) for i in range(waiting, 6)]
+    assert con.execute("SELECT kind FROM collection_log ORDER BY id").fetchall() == \
+        [("snapshot",), ("snapshot",), ("pfsync",), ("snapshot",), ("snapshot",)]
+    con.close()

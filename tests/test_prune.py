@@ -1,6 +1,7 @@
 """`pfhistory prune`: states that ended before a time go, with everything of theirs."""
 
 import sqlite3
+from datetime import timedelta
 
 import pytest
 
@@ -9,10 +10,15 @@ from conftest import run_cli, simulated
 
 @pytest.fixture
 def recorded(tmp_path):
+    """Ten minutes of a firewall, then its last snapshot again an hour later: their hour
+    is complete and rolled up, so prune may take the states that ended in it."""
     series = simulated(tmp_path / "snapshots", 1500, 600.0, seed=13, truth=False)
     db = tmp_path / "h.db"
     assert run_cli("collect", "--db", db, "--from-file",
                    *[p for _t, p in series.snapshots]).returncode == 0
+    when, last = series.snapshots[-1]
+    assert run_cli("collect", "--db", db, "--from-file", last,
+                   "--at", (when + timedelta(hours=1)).isoformat()).returncode == 0
     return series, db
 
 
@@ -82,3 +88,23 @@ def test_prune_bad_input(tmp_path, recorded):
     assert result.returncode == 1 and "ISO 8601" in result.stderr
     missing = run_cli("prune", "--db", tmp_path / "none.db", "--before", "1d")
     assert missing.returncode == 1 and "no such database" in missing.stderr
+
+
+def test_prune_keeps_what_the_open_hour_needs(tmp_path):
+    """States that ended in an hour not yet rolled up stay until it is: the hourly pass
+    still counts them."""
+    series = simulated(tmp_path / "snapshots", 500, 300.0, seed=3, truth=False)
+    db = tmp_path / "h.db"
+    assert run_cli("collect", "--db", db, "--from-file",
+                   *[p for _t, p in series.snapshots]).returncode == 0
+    con = sqlite3.connect(db)
+    ended = _count(con, "SELECT count(*) FROM states WHERE ended_before IS NOT NULL")
+    con.close()
+    assert ended > 0
+    result = run_cli("prune", "--db", db, "--before", "2099-01-01T00:00Z", "-v")
+    assert result.returncode == 0 and "pruned 0 states" in result.stdout, result.stderr
+    when, last = series.snapshots[-1]
+    assert run_cli("collect", "--db", db, "--from-file", last,
+                   "--at", (when + timedelta(hours=1)).isoformat()).returncode == 0
+    result = run_cli("prune", "--db", db, "--before", "2099-01-01T00:00Z", "-v")
+    assert f"pruned {ended} states" in result.stdout, result.stderr

@@ -41,24 +41,25 @@ def _addr(rec, off, af):
 def _decode(path):
     """{state id: fields} of a snapshot, straight from the bytes."""
     data = path.read_bytes()
-    out = {}
-    for i in range(0, len(data), R):
-        rec = data[i:i + R]
-        waf, saf = rec[24 + 38], rec[64 + 38]
-        out[struct.unpack_from(">Q", rec, 0)[0]] = dict(
-            direction=rec[252], proto=rec[251],
-            ifname=rec[8:24].split(b"\0")[0].decode(),
-            rule=struct.unpack_from(">I", rec, 184)[0],
-            anchor=struct.unpack_from(">I", rec, 188)[0],
-            wa0=_addr(rec, 24, waf), wa1=_addr(rec, 40, waf),
-            wp0=struct.unpack_from(">H", rec, 56)[0], wp1=struct.unpack_from(">H", rec, 58)[0],
-            sa0=_addr(rec, 64, saf), sa1=_addr(rec, 80, saf),
-            sp1=struct.unpack_from(">H", rec, 98)[0],
-            mirror=rec[24:64] == rec[64:104],
-            creation=struct.unpack_from(">I", rec, 196)[0],
-            b=struct.unpack_from(">QQ", rec, 220), p=struct.unpack_from(">QQ", rec, 204),
-            src_state=rec[OFF_SRC + PEER_OFF_STATE], dst_state=rec[OFF_DST + PEER_OFF_STATE])
-    return out
+    return dict(_fields(data[i:i + R]) for i in range(0, len(data), R))
+
+
+def _fields(rec):
+    """(state id, fields) of one 264-byte record."""
+    waf, saf = rec[24 + 38], rec[64 + 38]
+    return struct.unpack_from(">Q", rec, 0)[0], dict(
+        direction=rec[252], proto=rec[251],
+        ifname=rec[8:24].split(b"\0")[0].decode(),
+        rule=struct.unpack_from(">I", rec, 184)[0],
+        anchor=struct.unpack_from(">I", rec, 188)[0],
+        wa0=_addr(rec, 24, waf), wa1=_addr(rec, 40, waf),
+        wp0=struct.unpack_from(">H", rec, 56)[0], wp1=struct.unpack_from(">H", rec, 58)[0],
+        sa0=_addr(rec, 64, saf), sa1=_addr(rec, 80, saf),
+        sp1=struct.unpack_from(">H", rec, 98)[0],
+        mirror=rec[24:64] == rec[64:104],
+        creation=struct.unpack_from(">I", rec, 196)[0],
+        b=struct.unpack_from(">QQ", rec, 220), p=struct.unpack_from(">QQ", rec, 204),
+        src_state=rec[OFF_SRC + PEER_OFF_STATE], dst_state=rec[OFF_DST + PEER_OFF_STATE])
 
 
 def _local(a):
@@ -122,21 +123,55 @@ def _rows(report, key):
     return [dict(zip(t["columns"], r)) for r in t["rows"]]
 
 
-def _brute(decoded):
-    """What the report's top lists should say, from the snapshots alone."""
-    hosts = {"local": defaultdict(lambda: [0, 0, 0]), "remote": defaultdict(lambda: [0, 0, 0])}
-    rules, ifs, sources = Counter(), Counter(), defaultdict(lambda: [0, 0])
-    prev = None
-    for _t, snap in decoded:
-        if prev is None:
-            prev = snap
-            continue
-        for sid, s in snap.items():
-            old = prev.get(sid)
-            new = old is None
+def _hour(t):
+    """The rollup hour a snapshot time closes: (h, h + 3600]."""
+    e = int(t.timestamp())
+    return (e - 1) - (e - 1) % 3600
+
+
+def _moved_by_hour(decoded):
+    """{hour: {state id: (state at its first snapshot in the hour, (bytes0, bytes1), new)}},
+    the rollups' definition from
+    the snapshots alone: a state seen in an hour moved its counters at its last snapshot
+    in the hour minus those at its last snapshot before it (all of them if it is new,
+    but for the first snapshot's states, a baseline); a counter that went back moved 0."""
+    baseline = decoded[0][1]
+    last = {}
+    hours = {}
+    for t, snap in decoded:
+        hours.setdefault(_hour(t), []).append(snap)
+    out = {}
+    for hour in sorted(hours):
+        seen, first = {}, {}
+        for snap in hours[hour]:
+            seen.update(snap)
+            for sid, s in snap.items():
+                first.setdefault(sid, s)
+        moved = out[hour] = {}
+        for sid, s in seen.items():
+            old = last.get(sid) or baseline.get(sid)
             b0, b1 = s["b"]
             if old is not None:
                 b0, b1 = max(b0 - old["b"][0], 0), max(b1 - old["b"][1], 0)
+            moved[sid] = (first[sid], (b0, b1), sid not in last)
+        last.update(seen)
+    return out
+
+
+def _brute(decoded, since=SINCE, until=UNTIL):
+    """What the report's top lists should say over the hours of [since, until]
+    (None: every hour), from the snapshots alone."""
+    hosts = {"local": defaultdict(lambda: [0, 0, 0]), "remote": defaultdict(lambda: [0, 0, 0])}
+    rules, ifs, sources = Counter(), Counter(), defaultdict(lambda: [0, 0])
+    lo = hi = None
+    if since is not None:
+        t = int(datetime.fromisoformat(since).timestamp())
+        lo = t - t % 3600
+        hi = -(-int(datetime.fromisoformat(until).timestamp()) // 3600) * 3600
+    for hour, moved in _moved_by_hour(decoded).items():
+        if lo is not None and not lo <= hour < hi:
+            continue
+        for s, (b0, b1), new in moved.values():
             out = s["direction"] == 2
             init = s["sa1"] if out else s["wa0"]
             resp = s["sa0"] if out else s["sa1"]
@@ -160,7 +195,6 @@ def _brute(decoded):
                 sources[init][0] += 1
                 if s["proto"] == 6 and max(s["src_state"], s["dst_state"]) < 4:
                     sources[init][1] += 1
-        prev = snap
     return hosts, rules, ifs, sources
 
 
@@ -273,13 +307,23 @@ def test_open_for_days_and_longest_lived(report, recorded):
     assert [r["lived"] for r in _rows(report, "longest")] == lived[:10]
 
 
-def test_largest_connection_is_the_biggest_counter_seen(report, recorded):
-    biggest = {}
+def test_largest_connections_are_the_hours_top_movers(report, recorded):
+    """Largest: of the 25 states that moved the most in each hour of the period, those
+    with the most bytes in their life (their last observed counters)."""
+    lifetime = {}
     for _t, snap in recorded[1]:
         for sid, s in snap.items():
-            biggest[sid] = sum(s["b"])
-    want = sorted(biggest.values(), reverse=True)[:3]
-    assert [r["bytes"] for r in _rows(report, "largest")][:3] == want
+            lifetime[sid] = sum(s["b"])
+    lo = _hour(START + timedelta(seconds=1))
+    candidates = set()
+    for hour, moved in _moved_by_hour(recorded[1]).items():
+        if hour >= lo:
+            ranked = sorted(((sum(b), sid) for sid, (_s, b, _n) in moved.items() if sum(b)),
+                            reverse=True)
+            candidates.update(sid for _b, sid in ranked[:25])
+    assert len(candidates) <= 50        # the report looks at 5 x --top of them
+    want = sorted((lifetime[sid] for sid in candidates), reverse=True)[:10]
+    assert [r["bytes"] for r in _rows(report, "largest")] == want
 
 
 def test_charts_and_tables_are_in_the_html_and_it_parses(recorded, report, tmp_path):
@@ -376,25 +420,79 @@ def test_unwritable_output_leaves_nothing(recorded, tmp_path):
     assert not target.parent.exists()
 
 
-def test_rollups_are_idempotent_and_every_collection_is_counted(recorded, tmp_path):
+def _tables(doc):
+    return {t["key"]: t["rows"] for s in doc["sections"] for t in s["tables"]}
+
+
+def _report_json(db, since=SINCE, until=UNTIL):
+    out = run_cli("report", "--db", db, "--since", since, "--until", until, "--format", "json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def _sql(db, sql, *args):
     import sqlite3
 
-    db = recorded[0]
     with sqlite3.connect(db) as c:
-        assert c.execute("SELECT count(*) FROM collections WHERE rolled_up <> 1").fetchone() \
-            == (0,)
-        before = c.execute("SELECT sum(bytes_out + bytes_in), count(*) FROM rollups "
-                           "WHERE dim = 3").fetchone()
-        coll = c.execute("SELECT sum(bytes) FROM collections WHERE id > 1").fetchone()[0]
-    # Every byte the collector counted between collections is in some service's rollup.
-    assert before[0] == coll
-    # Recording the last snapshot again changes no rollup.
-    again = run_cli("collect", "--db", db, "--from-file", recorded[3][-1][1],
-                    "--at", SCAN_AT.isoformat())
-    with sqlite3.connect(db) as c:
-        after = c.execute("SELECT sum(bytes_out + bytes_in), count(*) FROM rollups "
-                          "WHERE dim = 3").fetchone()
-    assert after == before, again.stderr
+        return c.execute(sql, args).fetchall()
+
+
+def test_complete_hours_are_rolled_up_once_and_sum_to_the_collections(recorded, tmp_path):
+    """Each hour goes into rollups once, when a collection lies after its end; the
+    report computes the open one, and the stored hour is what it computed."""
+    import shutil
+
+    db = tmp_path / "h.db"
+    shutil.copy(recorded[0], db)
+    snaps = recorded[3]
+    hours = sorted({_hour(t) for t, _p in snaps})
+    times = dict(_sql(db, "SELECT id, collected_at FROM collections"))
+    done = _sql(db, "SELECT hour, first_collection, last_collection, rolled_up "
+                    "FROM rollup_hours ORDER BY hour")
+    # 21:00 (the first collection alone, the baseline) and 22:00; 23:00 is still open.
+    assert [d[0] for d in done] == hours[:-1] and len(hours) == 3
+    for hour, first, last, rolled in done:
+        assert rolled == 1
+        assert {i for i, at in times.items() if hour < at <= hour + 3600} == \
+            set(range(first, last + 1))
+    open_hour = hours[-1]
+    assert _sql(db, "SELECT count(*) FROM rollups WHERE hour >= ?", open_hour) == [(0,)]
+    assert _sql(db, "SELECT count(*) FROM collections WHERE rolled_up = 0")[0][0] == \
+        sum(1 for t, _p in snaps if _hour(t) == open_hour)
+    bytes_sql = "SELECT sum(bytes_out + bytes_in) FROM rollups WHERE dim = 3"
+    # Every byte the collections counted between them is in some service's rollup.
+    assert _sql(db, bytes_sql)[0][0] == _sql(
+        db, "SELECT sum(bytes) FROM collections WHERE id > 1 AND rolled_up <> 0")[0][0]
+    stored = _sql(db, "SELECT * FROM rollups ORDER BY hour, dim, key, key2, label")
+    # Recording the last snapshot again (its hour still open) changes no rollup.
+    last = snaps[-1][1]
+    out = run_cli("collect", "--db", db, "--from-file", last, "--at", SCAN_AT.isoformat(), "-v")
+    assert out.returncode == 0 and " ms, rollups " in out.stdout, out.stderr
+    assert _sql(db, "SELECT * FROM rollups ORDER BY hour, dim, key, key2, label") == stored
+    before = _report_json(db)
+    assert any(line.startswith("Hours not yet in the rollups, computed for this report")
+               for s in before["sections"] for line in s["lines"])
+    # A collection an hour later completes 23:00: rolled up now, once.
+    later = (SCAN_AT + timedelta(hours=1)).isoformat()
+    for _ in range(2):
+        out = run_cli("collect", "--db", db, "--from-file", last, "--at", later)
+        assert out.returncode == 0, out.stderr
+    assert [h for h, in _sql(db, "SELECT hour FROM rollup_hours ORDER BY hour")] == hours
+    newest = max(_sql(db, "SELECT id FROM collections"))[0]
+    assert _sql(db, "SELECT last_collection FROM rollup_hours WHERE hour = ?",
+                open_hour) == [(newest - 2,)]
+    assert _sql(db, bytes_sql)[0][0] == _sql(
+        db, "SELECT sum(bytes) FROM collections WHERE id > 1 AND id < ?", newest - 1)[0][0]
+    # What the report computed for the open hour is what was stored. (The states
+    # themselves changed: the same snapshot an hour later makes them an hour younger.)
+    after, before = _tables(_report_json(db)), _tables(before)
+    for key in ("open_for_days", "longest"):
+        del after[key], before[key]
+    for rows in (after["largest"], before["largest"]):
+        rows[:] = [r[:3] for r in rows]
+    assert after == before
+    assert not any(line.startswith("Hours not yet") for s in
+                   _report_json(db)["sections"] for line in s["lines"])
 
 
 def test_prune_keeps_what_the_rollups_name(recorded, tmp_path):
@@ -418,9 +516,10 @@ def test_prune_keeps_what_the_rollups_name(recorded, tmp_path):
 
 
 def test_summary_names_the_same_top_talkers(recorded):
+    """summary counts every hour, the one not yet complete too."""
     out = run_cli("summary", "--db", recorded[0], "--top", "3")
     assert out.returncode == 0, out.stderr
-    hosts, *_ = _brute(recorded[1])
+    hosts, *_ = _brute(recorded[1], None)
     for kind in ("local", "remote"):
         want = sorted(hosts[kind].items(), key=lambda kv: (-(kv[1][0] + kv[1][1]), kv[0]))[:3]
         block = out.stdout.split(f"top {kind} hosts by bytes:\n")[1].splitlines()[:3]
@@ -428,33 +527,126 @@ def test_summary_names_the_same_top_talkers(recorded):
         assert got == [(h, v[0] + v[1]) for h, v in want]
 
 
-def test_pfsync_batches_are_not_collections_in_the_report(recorded, tmp_path):
-    """Snapshots and pfsync events in one history: coverage and rollups count the
-    snapshots; the batches neither hide gaps nor wait to be rolled up."""
-    import shutil
-    import sqlite3
+PFSYNC_ID = 0x5EED0001
+PFSYNC_START = SCAN_AT + timedelta(minutes=1)
+PFSYNC_MINUTES = 20
 
-    db = tmp_path / "mixed.db"
+
+@pytest.fixture(scope="module")
+def mixed(recorded, tmp_path_factory):
+    """The recorded history, then 20 minutes of pfsync traffic of another firewall
+    (its own creatorid: only pfsync sees its states), then the last snapshot again
+    after midnight, which completes the hour 23:00. Returns (db, pcap config)."""
+    import shutil
+
+    from pfhistory.simulate import SimulationConfig
+
+    tmp = tmp_path_factory.mktemp("mixed")
+    db = tmp / "mixed.db"
     shutil.copy(recorded[0], db)
-    with sqlite3.connect(db) as c:
-        snapshots = c.execute("SELECT count(*) FROM collections").fetchone()[0]
-    start = SCAN_AT + timedelta(minutes=1)
-    pcap = tmp_path / "sync.pcap"
-    out = run_cli("simulate", "--pfsync", pcap, "--states", 300, "--duration", "3m",
-                  "--start", start.isoformat(), "--seed", 5)
+    pcap = tmp / "sync.pcap"
+    out = run_cli("simulate", "--pfsync", pcap, "--states", 300, "--duration",
+                  f"{PFSYNC_MINUTES}m", "--start", PFSYNC_START.isoformat(), "--seed", 5,
+                  "--creatorid", f"{PFSYNC_ID:x}")
     assert out.returncode == 0, out.stderr
-    out = run_cli("collect", "--db", db, "--from-pcap", pcap)
+    out = run_cli("collect", "--db", db, "--from-pcap", pcap, "-v")
+    assert out.returncode == 0 and "; rollups " in out.stderr + out.stdout, out.stderr
+    out = run_cli("collect", "--db", db, "--from-file", recorded[3][-1][1],
+                  "--at", (START + timedelta(hours=2, minutes=1)).isoformat())
     assert out.returncode == 0, out.stderr
-    with sqlite3.connect(db) as c:
-        batches = c.execute("SELECT count(*) FROM collections WHERE kind = 1").fetchone()[0]
-    assert batches > 0
-    until = (start + timedelta(minutes=3)).isoformat()
-    out = run_cli("report", "--db", db, "--since", SINCE, "--until", until, "--format", "json")
-    assert out.returncode == 0, out.stderr
-    doc = json.loads(out.stdout)
+    cfg = SimulationConfig(states=300, interval=60.0, duration=PFSYNC_MINUTES * 60.0, seed=5,
+                           start=PFSYNC_START, creatorid=PFSYNC_ID)
+    return db, cfg
+
+
+def _pfsync_states(cfg):
+    """{state id: fields} of every state the pfsync firewall announced, with the values
+    pfsync gave: its whole record at the start (bulk update) or at its insert. Its later
+    messages (UPD_C, DEL_C) carry no counters."""
+    from pfhistory.simulate import iter_events
+
+    start = cfg.start.timestamp()
+    out = {}
+    for at, kind, state in iter_events(cfg):
+        if kind == "insert" and state.id not in out:
+            sid, fields = _fields(state.record_at(max(at, start)))
+            out[sid] = fields
+    return out
+
+
+def test_pfsync_batches_count_in_the_rollups(recorded, mixed):
+    """Snapshots and pfsync events in one history: the hour holds the states only pfsync
+    saw, and the rollups still add up to the collections' bytes (a pfsync batch counts
+    its new states' counters and what whole records added to known states')."""
+    db, cfg = mixed
+    hour = _hour(SCAN_AT)
+    synced = _pfsync_states(cfg)
+    assert len(synced) > 300
+    snapshots = _moved_by_hour(recorded[1])[hour]
+    new = sum(n for _s, _b, n in snapshots.values()) + len(synced)
+    moved = sum(sum(b) for _s, b, _n in snapshots.values()) + sum(
+        sum(f["b"]) for f in synced.values())
+    assert _sql(db, "SELECT sum(states), sum(bytes_out + bytes_in) FROM rollups "
+                    "WHERE hour = ? AND dim = 5", hour) == [(new, moved)]
+    assert _sql(db, "SELECT first_collection < last_collection FROM rollup_hours "
+                    "WHERE hour = ?", hour) == [(1,)]
+    assert _sql(db, "SELECT sum(bytes_out + bytes_in) FROM rollups WHERE dim = 3")[0][0] == \
+        _sql(db, "SELECT sum(bytes) FROM collections WHERE id > 1 AND rolled_up <> 0")[0][0]
+    assert _sql(db, "SELECT count(*) FROM collections WHERE kind = 1 AND rolled_up = 0") == \
+        [(0,)]
+
+
+def test_pfsync_batches_are_not_collections_in_the_report(recorded, mixed):
+    """Coverage counts the snapshots (the batches neither hide gaps nor are counted as
+    collections); the top lists count the states only pfsync saw."""
+    db, cfg = mixed
+    snapshots = _sql(db, "SELECT count(*) FROM collections WHERE kind = 0 "
+                         "AND collected_at <= ?", int(SCAN_AT.timestamp()))[0][0]
+    until = (PFSYNC_START + timedelta(minutes=PFSYNC_MINUTES)).isoformat()
+    doc = _report_json(db, SINCE, until)
     tables = {t["key"]: t for s in doc["sections"] for t in s["tables"]}
     assert tables["coverage"]["rows"][0][0] == snapshots
-    lines = [line for s in doc["sections"] for line in s["lines"]]
-    assert not any("not yet in the rollups" in line for line in lines)
     # The minutes after the last snapshot are a blind spot for snapshots.
     assert tables["gaps"]["rows"][-1][0] == int(SCAN_AT.timestamp())
+    _hosts, _rules, ifs, _sources = _brute(recorded[1], SINCE, until)
+    for f in _pfsync_states(cfg).values():
+        ifs[f["ifname"]] += sum(f["b"])
+    assert {r[0]: r[2] for r in tables["interfaces"]["rows"]} == dict(ifs)
+    # The overview counts what the batches saw too, as the rollups of its hours do.
+    overview = dict(tables["overview"]["rows"])
+    assert (overview["new states"], overview["bytes moved"]) == _sql(
+        db, "SELECT sum(states), sum(bytes_out + bytes_in) FROM rollups "
+            "WHERE dim = 5 AND hour >= ?", int(START.timestamp()))[0]
+    out = run_cli("summary", "--db", db)
+    assert out.returncode == 0, out.stderr
+    assert f"snapshots: {snapshots + 1} from " in out.stdout
+    batches = _sql(db, "SELECT count(*) FROM collections WHERE kind = 1")[0][0]
+    assert f"pfsync batches: {batches} from " in out.stdout
+
+
+def test_collect_from_pcap_rolls_up_the_hours_its_batches_complete(tmp_path):
+    """A history of pfsync batches alone: the batch after 23:00 completes 22:00-23:00,
+    which collect --from-pcap rolls up then; 23:00 stays open."""
+    pcap = tmp_path / "fw.pcap"
+    out = run_cli("simulate", "--pfsync", pcap, "--states", 200, "--duration", "20m",
+                  "--start", (START + timedelta(minutes=50)).isoformat(), "--seed", 9)
+    assert out.returncode == 0, out.stderr
+    db = tmp_path / "h.db"
+    out = run_cli("collect", "--db", db, "--from-pcap", pcap, "-v")
+    assert out.returncode == 0, out.stderr
+    hour = int(START.timestamp())
+    assert _sql(db, "SELECT hour, first_collection FROM rollup_hours") == [(hour, 1)]
+    last = _sql(db, "SELECT last_collection FROM rollup_hours")[0][0]
+    times = dict(_sql(db, "SELECT id, collected_at FROM collections WHERE kind = 1"))
+    assert {i for i, at in times.items() if at <= hour + 3600} == set(range(1, last + 1))
+    # Every state a batch of the hour first saw is new in it (the first batch is the
+    # history's baseline: its states count, what they moved before it does not).
+    assert _sql(db, "SELECT sum(states) FROM rollups WHERE hour = ? AND dim = 5", hour) == \
+        _sql(db, "SELECT count(*) FROM states WHERE first_seen <= ?", last)
+    assert _sql(db, "SELECT sum(bytes_out + bytes_in) FROM rollups WHERE dim = 3") == _sql(
+        db, "SELECT sum(bytes) FROM collections WHERE id > 1 AND rolled_up <> 0")
+    assert _sql(db, "SELECT count(*) FROM collections WHERE rolled_up = 0")[0][0] == \
+        len(times) - last > 0
+    out = run_cli("summary", "--db", db)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"snapshots: 0\npfsync batches: {len(times)} from ")
