@@ -4,8 +4,10 @@ The embedded default is one SQLite file; any SQLAlchemy URL (PostgreSQL for
 fleets) can be given with --db or $PFHISTORY_DB. SQLite runs in WAL mode with
 a busy timeout so reports read while cron writes, synchronous=FULL so a
 power cut never loses a committed collection, and incremental auto-vacuum so
-pruning can hand space back without a blocking VACUUM. Files are created
-owner-only: state tables are sensitive.
+pruning can hand space back without a blocking VACUUM. pfhistory's own
+writers run without SQLite's per-row foreign-key checks (they keep references
+whole themselves; see _on_sqlite_begin); every other connection has them on.
+Files are created owner-only: state tables are sensitive.
 """
 
 import os
