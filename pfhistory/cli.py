@@ -210,12 +210,50 @@ def _add_collect(sub):
                         "fc00::/7, fe80::/10)")
     p.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
                    help="how long to wait for another collector to finish (default 30)")
+    p.add_argument("--no-rollups", action="store_true",
+                   help="leave the hours its snapshots complete to `pfhistory rollup` (a "
+                        "second cron line), so a big table's hourly pass never delays the "
+                        "next minute")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="one line per collection, ending with how long rolling up the hours "
                         "it completed took (rollups N ms); with --from-pcap one line in all")
     p.add_argument("--syslog", action="store_true",
                    help="also send the outcome to syslog (daemon facility)")
     p.set_defaults(func=_cmd_collect)
+
+
+def _add_rollup(sub):
+    p = sub.add_parser(
+        "rollup",
+        help="add the complete hours not yet rolled up to the hourly rollups",
+        description="Add every complete UTC hour not yet in the rollups reports read, oldest "
+                    "first, as collect does after each collection. For firewalls whose hourly "
+                    "pass takes a good part of a minute: collect --no-rollups every minute, "
+                    "and this a few minutes past each hour. It reads while collectors write "
+                    "and holds the write lock only to store each hour. It must run within "
+                    "the sample retention (24h by default), while the hours' samples are kept.",
+        epilog="Example:\n  pfhistory rollup -v --db /var/db/pfhistory/history.db\n",
+    )
+    _add_db_option(p)
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="say how many hours were added and how long it took")
+    p.add_argument("--syslog", action="store_true", help="also send failures to syslog")
+    p.set_defaults(func=_cmd_rollup)
+
+
+def _cmd_rollup(args):
+    from pfhistory import rollup
+    from pfhistory.db import require_current_schema
+
+    url, engine = _open_db(args.db)
+    try:
+        require_current_schema(engine, url)
+        hours, ms = rollup.timed_roll_up(engine)
+        if args.verbose:
+            _say(args, f"{hours} hour(s) rolled up in {ms} ms")
+    finally:
+        engine.dispose()
+    return 0
 
 
 def _add_batch_options(p):
@@ -287,8 +325,9 @@ def _cmd_collect(args):
             result = collector.record_snapshot(engine, snapshot,
                                                sample_retention=int(retention))
             # The hours this collection completed go into the rollups now, while
-            # their samples are kept (own transactions: the collection is safe).
-            _hours, rollup_ms = rollup.timed_roll_up(engine)
+            # their samples are kept (own transactions: the collection is safe);
+            # with --no-rollups, `pfhistory rollup` does it from its own cron line.
+            _hours, rollup_ms = (0, 0) if args.no_rollups else rollup.timed_roll_up(engine)
             if args.verbose:
                 _say(args, f"{snapshot.origin}: collection {result.collection_id}: "
                            f"{result.states} states, {result.inserted} new, "
@@ -716,6 +755,7 @@ def build_parser():
     _add_collect(sub)
     _add_db(sub)
     _add_prune(sub)
+    _add_rollup(sub)
     _add_summary(sub)
     _add_show(sub)
     _add_report(sub)

@@ -495,6 +495,36 @@ def test_complete_hours_are_rolled_up_once_and_sum_to_the_collections(recorded, 
                    _report_json(db)["sections"] for line in s["lines"])
 
 
+def test_rollups_left_to_their_own_cron_line_come_out_the_same(recorded, tmp_path):
+    """collect --no-rollups stores no hour; `pfhistory rollup` then adds exactly the
+    hours, and the rows, that collect would have added itself."""
+    db = tmp_path / "h.db"
+    snaps = recorded[3]
+    out = run_cli("collect", "--no-rollups", "--db", db, "--from-file", *(p for _t, p in snaps),
+                  "-v")
+    assert out.returncode == 0, out.stderr
+    assert all(line.endswith("rollups 0 ms") for line in out.stdout.splitlines())
+    assert _sql(db, "SELECT count(*) FROM rollup_hours") == [(0,)]
+    assert _sql(db, "SELECT count(*) FROM rollups") == [(0,)]
+    out = run_cli("rollup", "--db", db, "-v")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("2 hour(s) rolled up in "), out.stdout
+    # Address ids depend on the order a run met them: compare addresses as text.
+    everything = ("SELECT r.hour, r.dim, CASE WHEN r.dim IN (1, 2, 6, 7, 8) THEN a.text "
+                  "ELSE r.key END, CASE WHEN r.dim = 7 THEN b.text ELSE r.key2 END, r.label, "
+                  "r.states, r.halfopen, r.packets_out, r.packets_in, r.bytes_out, r.bytes_in "
+                  "FROM rollups r LEFT JOIN addresses a ON a.id = r.key "
+                  "LEFT JOIN addresses b ON b.id = r.key2 ORDER BY 1, 2, 3, 4, 5")
+    assert _sql(db, everything) == _sql(recorded[0], everything)
+    hours = "SELECT hour, first_collection, last_collection, rolled_up FROM rollup_hours"
+    assert _sql(db, hours) == _sql(recorded[0], hours)
+    # Nothing left to do the second time; a database that is not one is refused.
+    assert run_cli("rollup", "--db", db, "-v").stdout.startswith("0 hour(s) rolled up")
+    bad = run_cli("rollup", "--db", tmp_path / "missing.db")
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+
+
 def test_prune_keeps_what_the_rollups_name(recorded, tmp_path):
     import shutil
 
