@@ -550,23 +550,34 @@ def history_rows(conn, f, at_row):
 
 def table_rows(conn, at_row):
     """The record's columns (as history_rows()) of every state alive in
-    collection at_row = (id, time)."""
+    collection at_row = (id, time), in no particular order."""
     sql, params = _history_sql(conn, HistoryFilters(), at_row, history=False)
     return conn.execute(text(sql), params).fetchall()
 
 
+def _samples_past(conn, collection_id):
+    """Whether any sample holds values for collections after collection_id."""
+    return conn.execute(select(Sample.__table__.c.state_pk)
+                        .where(Sample.__table__.c.valid_until > collection_id)
+                        .limit(1)).first() is not None
+
+
 def _history_sql(conn, f, at_row, history):
-    """(SQL, parameters) of history_rows() and, without history, of table_rows()."""
+    """(SQL, parameters) of history_rows() and, without history, of
+    table_rows() (unordered: table_at() sorts the records by id)."""
     latest = latest_collection(conn)
     params = {"latest_at": latest[1] if latest else 0}
     where = []
-    sampled = at_row is not None
+    # A sample ends where newer values begin, so usually none holds the
+    # newest collection: then every state there carries its current values,
+    # without a join to samples and a CASE per column.
+    sampled = at_row is not None and _samples_past(conn, at_row[0])
     if at_row is not None:
         params["c"], params["c_at"] = at_row
         # A state's samples cover disjoint runs of collections
         # [valid_from, valid_until), so at most one holds collection c.
         sample_join = ("LEFT JOIN samples x ON x.state_pk = s.pk "
-                       "AND x.valid_until > :c AND x.valid_from <= :c")
+                       "AND x.valid_until > :c AND x.valid_from <= :c") if sampled else ""
         if _narrowed_by_keys(f):
             # The key filter drives; ended_before_at only prunes.
             where.append("(s.ended_before_at IS NULL OR s.ended_before_at >= :c_at)")
@@ -576,11 +587,16 @@ def _history_sql(conn, f, at_row, history):
             # ended_before_at, so the table is never scanned whole.
             where.append("s.pk IN (SELECT pk FROM states WHERE ended_before_at IS NULL "
                          "UNION ALL SELECT pk FROM states WHERE ended_before_at >= :c_at)")
-        where += ["s.first_seen <= :c", "(s.ended_before IS NULL OR s.ended_before > :c)",
-                  "(x.present IS NULL OR x.present = 1)"]
-        # Sample columns are NOT NULL: a NULL one means no sample holds c.
-        exact = "CASE WHEN x.state_pk IS NOT NULL OR s.values_since <= :c THEN 1 ELSE 0 END"
-        pick = lambda col: f"COALESCE(x.{col}, s.{col})"  # noqa: E731
+        where += ["s.first_seen <= :c", "(s.ended_before IS NULL OR s.ended_before > :c)"]
+        if sampled:
+            # Sample columns are NOT NULL: a NULL one means no sample holds c.
+            where.append("(x.present IS NULL OR x.present = 1)")
+            exact = ("CASE WHEN x.state_pk IS NOT NULL OR s.values_since <= :c "
+                     "THEN 1 ELSE 0 END")
+            pick = lambda col: f"COALESCE(x.{col}, s.{col})"  # noqa: E731
+        else:
+            exact = "CASE WHEN s.values_since <= :c THEN 1 ELSE 0 END"
+            pick = lambda col: f"s.{col}"  # noqa: E731
         ref_at = ":c_at"
         refs = ""
     else:
@@ -655,8 +671,8 @@ def _history_sql(conn, f, at_row, history):
         f"JOIN state_peers ps ON ps.state_pk = s.pk AND ps.side = 0 "
         f"JOIN state_peers pd ON pd.state_pk = s.pk AND pd.side = 1 "
         f"{sample_join} "
-        + (f"WHERE {' AND '.join(where)} " if where else "")
-        + f"ORDER BY {order}"
+        + (f"WHERE {' AND '.join(where)}" if where else "")
+        + (f" ORDER BY {order}" if history else "")
         + (f" LIMIT {int(f.limit)}" if f.limit is not None else ""))
     return sql, params
 
