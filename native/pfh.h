@@ -180,8 +180,8 @@ size_t pfh_pack(const int64_t *rows, size_t count, const char *format,
 /*
  * The keys of the 'A' fields of count rows packed by format, as pfh_pack()
  * reads them: written ascending and without repeats to keys (room for a
- * key per 'A' field of every row). Returns how many, or (size_t)-1 for a
- * format pfh_pack() refuses.
+ * key per 'A' field of every row). Returns how many; (size_t)-1 for a
+ * format pfh_pack() refuses; (size_t)-2 if memory ran out.
  */
 size_t pfh_pack_keys(const int64_t *rows, size_t count, const char *format,
     int64_t *keys);

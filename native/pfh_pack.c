@@ -39,15 +39,20 @@ field_size(char f, size_t *slots)
 	}
 }
 
-static void
-put_be(uint8_t *p, uint64_t v, int size)
+static inline void
+put_be32(uint8_t *p, uint32_t v)
 {
-	int b;
+	p[0] = (uint8_t)(v >> 24);
+	p[1] = (uint8_t)(v >> 16);
+	p[2] = (uint8_t)(v >> 8);
+	p[3] = (uint8_t)v;
+}
 
-	for (b = size - 1; b >= 0; b--) {
-		p[b] = (uint8_t)v;
-		v >>= 8;
-	}
+static inline void
+put_be64(uint8_t *p, uint64_t v)
+{
+	put_be32(p, (uint32_t)(v >> 32));
+	put_be32(p + 4, (uint32_t)v);
 }
 
 /* The index of key in keys[0..n), sorted ascending, or n. */
@@ -89,16 +94,16 @@ pfh_pack(const int64_t *rows, size_t count, const char *format,
 		for (f = format; *f != '\0'; f++) {
 			switch (*f) {
 			case 'q':
-				put_be(p, (uint64_t)*v++, 8);
+				put_be64(p, (uint64_t)*v++);
 				p += 8;
 				break;
 			case 'I':
-				put_be(p, (uint64_t)*v++, 4);
+				put_be32(p, (uint32_t)*v++);
 				p += 4;
 				break;
 			case 'U':
-				put_be(p, *v < 0 ? 0 : *v > (int64_t)UINT32_MAX ?
-				    UINT32_MAX : (uint64_t)*v, 4);
+				put_be32(p, *v < 0 ? 0 : *v > (int64_t)UINT32_MAX ?
+				    UINT32_MAX : (uint32_t)*v);
 				v++;
 				p += 4;
 				break;
@@ -131,8 +136,11 @@ size_t
 pfh_pack_keys(const int64_t *rows, size_t count, const char *format,
     int64_t *keys)
 {
-	size_t i, slots = 0, width = 0, n = 0, distinct = 0;
+	size_t i, h, slots = 0, width = 0, n = 0, distinct = 0, size = 16;
 	const char *f;
+	int64_t *seen;
+	uint8_t *used;
+	int bits = 4;
 
 	for (f = format; *f != '\0'; f++) {
 		if (field_size(*f, &slots) < 0)
@@ -149,10 +157,35 @@ pfh_pack_keys(const int64_t *rows, size_t count, const char *format,
 			v += slots;
 		}
 	}
-	qsort(keys, n, sizeof(*keys), by_value);
-	for (i = 0; i < n; i++)
-		if (distinct == 0 || keys[i] != keys[distinct - 1])
+	/*
+	 * A few thousand addresses recur among 100,000 states: drop repeats
+	 * through an open-addressing table, then sort the few that are left.
+	 */
+	while (size < 2 * n) {
+		size *= 2;
+		bits++;
+	}
+	seen = malloc(size * sizeof(*seen));
+	used = calloc(size, 1);
+	if (seen == NULL || used == NULL) {
+		free(seen);
+		free(used);
+		return (size_t)-2;
+	}
+	for (i = 0; i < n; i++) {
+		h = (size_t)(((uint64_t)keys[i] * 0x9E3779B97F4A7C15ULL) >>
+		    (64 - bits));
+		while (used[h] && seen[h] != keys[i])
+			h = (h + 1) & (size - 1);
+		if (!used[h]) {
+			used[h] = 1;
+			seen[h] = keys[i];
 			keys[distinct++] = keys[i];
+		}
+	}
+	free(seen);
+	free(used);
+	qsort(keys, distinct, sizeof(*keys), by_value);
 	return distinct;
 }
 

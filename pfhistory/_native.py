@@ -195,6 +195,8 @@ def pack_keys(rows, count, fmt):
     n = lib.pfh_pack_keys(ffi.from_buffer("int64_t[]", rows), count, fmt.encode("ascii"), keys)
     if n == _NO_OFFSET:
         raise ValueError(f"{fmt!r} does not make a state record")
+    if n == _NO_OFFSET - 1:
+        raise MemoryError("collecting address keys")
     out = array("q")
     out.frombytes(ffi.buffer(keys, n * 8))
     return out

@@ -550,9 +550,23 @@ def history_rows(conn, f, at_row):
 
 def table_rows(conn, at_row):
     """The record's columns (as history_rows()) of every state alive in
-    collection at_row = (id, time), in no particular order."""
+    collection at_row = (id, time), in no particular order, as plain tuples.
+
+    Fetched through the DBAPI cursor: SQLAlchemy's row objects were about
+    5% of what table_at() costs for a 100,000-state collection (callgrind).
+    """
     sql, params = _history_sql(conn, HistoryFilters(), at_row, history=False)
-    return conn.execute(text(sql), params).fetchall()
+    compiled = text(sql).compile(dialect=conn.dialect)
+    if compiled.positional:
+        args = tuple(params[name] for name in compiled.positiontup)
+    else:
+        args = {name: params[name] for name in compiled.params}
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        cursor.execute(compiled.string, args)
+        return cursor.fetchall()
+    finally:
+        cursor.close()
 
 
 def _samples_past(conn, collection_id):
