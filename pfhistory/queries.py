@@ -598,9 +598,13 @@ def _history_sql(conn, f, at_row, history):
         else:
             # Collection times never go back: a state alive at c is open or
             # ended at or after c_at. Both halves are ranges of the indexed
-            # ended_before_at, so the table is never scanned whole.
+            # ended_before_at, so the table is never scanned whole; and pks
+            # follow first sight, so the states first seen after c (open
+            # ones too) stay in the index, not in the list.
+            params["pk_end"] = first_pk_after(conn, at_row[0])
             where.append("s.pk IN (SELECT pk FROM states WHERE ended_before_at IS NULL "
-                         "UNION ALL SELECT pk FROM states WHERE ended_before_at >= :c_at)")
+                         "AND pk < :pk_end UNION ALL SELECT pk FROM states "
+                         "WHERE ended_before_at >= :c_at AND pk < :pk_end)")
         where += ["s.first_seen <= :c", "(s.ended_before IS NULL OR s.ended_before > :c)"]
         if sampled:
             # Sample columns are NOT NULL: a NULL one means no sample holds c.
