@@ -22,7 +22,7 @@ ffibuilder.cdef((HERE / "pfh.h").read_text())
 ffibuilder.set_source(
     "pfhistory._pfh",
     "#include <stddef.h>\n#include <stdint.h>\n#include \"pfh.h\"\n",
-    sources=[_relative(HERE / "pfh.c"), _relative(HERE / "pfh_print.c")],
+    sources=[_relative(HERE / name) for name in ("pfh.c", "pfh_print.c", "pfh_pack.c")],
     include_dirs=[_relative(HERE)],
     extra_compile_args=["-O2", "-Wall", "-Wextra"],
     depends=[_relative(HERE / name) for name in ("pfh.h", "pfsync_state.h", "pfh_bytes.h")],

@@ -161,6 +161,38 @@ int pfh_fetch_states(int fd, uint8_t **buf_out, size_t *len_out,
     int *errno_out);
 void pfh_free(void *p);
 
+/*
+ * Write count records to out (count * PFH_RECORD_SIZE bytes) from rows of
+ * 64-bit values, one row a record. format has a letter per record field,
+ * in the record's order, for what the row holds for it:
+ *   'q' a value, written as 8 bytes big-endian (two's complement);
+ *   'I' a value, written as its low 4 bytes, big-endian;
+ *   'U' a value, written as 4 bytes, clamped to 0..UINT32_MAX;
+ *   'A' a key of keys (nkeys, ascending): written as its entry of forms
+ *       (16 bytes an entry, in the order of keys);
+ *   's' 16 bytes as they are, in two slots.
+ * Returns count; the first row with a key keys lacks; or (size_t)-1 for a
+ * format that does not make a record.
+ */
+size_t pfh_pack(const int64_t *rows, size_t count, const char *format,
+    const int64_t *keys, const uint8_t *forms, size_t nkeys, uint8_t *out);
+
+/*
+ * The keys of the 'A' fields of count rows packed by format, as pfh_pack()
+ * reads them: written ascending and without repeats to keys (room for a
+ * key per 'A' field of every row). Returns how many; (size_t)-1 for a
+ * format pfh_pack() refuses; (size_t)-2 if memory ran out.
+ */
+size_t pfh_pack_keys(const int64_t *rows, size_t count, const char *format,
+    int64_t *keys);
+
+/*
+ * Copy count records to out in the order the kernel lists states: by id,
+ * then creatorid (pf_state_insert() keeps them in id order). Returns 0,
+ * or -1 if memory ran out.
+ */
+int pfh_sort_by_id(const uint8_t *records, size_t count, uint8_t *out);
+
 /* Our record's size and field offsets, for the layout test. */
 size_t pfh_record_size(void);
 size_t pfh_offset(const char *field);

@@ -5,6 +5,7 @@ objects never leak past this module.
 """
 
 import struct
+from array import array
 
 from pfhistory._pfh import ffi, lib
 
@@ -18,6 +19,9 @@ __all__ = [
     "decode",
     "NameTable",
     "format_records",
+    "pack",
+    "pack_keys",
+    "sort_by_id",
     "fetch_live",
     "record_size",
     "field_offset",
@@ -164,6 +168,49 @@ def format_records(buf, verbose, names):
     out = _new_uncleared("char[]", n * TEXT_MAX)
     size = lib.pfh_format(ffi.from_buffer(buf), n, verbose, names.table, out)
     return ffi.buffer(out, size)[:].decode("ascii")
+
+
+def pack(rows, count, fmt, keys, forms):
+    """count records (bytes) from rows, a buffer of native 64-bit slots (see
+    pfh_pack in pfh.h for fmt); keys: an ascending array('q') whose 16-byte
+    forms (bytes) the 'A' fields are written as."""
+    if count == 0:
+        return b""
+    out = _new_uncleared("uint8_t[]", count * RECORD_SIZE)
+    done = lib.pfh_pack(ffi.from_buffer("int64_t[]", rows), count, fmt.encode("ascii"),
+                        ffi.from_buffer("int64_t[]", keys), forms, len(keys), out)
+    if done == _NO_OFFSET:
+        raise ValueError(f"{fmt!r} does not make a state record")
+    if done != count:
+        raise KeyError(f"row {done} has an address key that keys lack")
+    return ffi.buffer(out)[:]
+
+
+def pack_keys(rows, count, fmt):
+    """The distinct keys of the 'A' fields of rows (as pack() takes them),
+    ascending, as an array('q')."""
+    if count == 0:
+        return array("q")
+    keys = _new_uncleared("int64_t[]", count * fmt.count("A"))
+    n = lib.pfh_pack_keys(ffi.from_buffer("int64_t[]", rows), count, fmt.encode("ascii"), keys)
+    if n == _NO_OFFSET:
+        raise ValueError(f"{fmt!r} does not make a state record")
+    if n == _NO_OFFSET - 1:
+        raise MemoryError("collecting address keys")
+    out = array("q")
+    out.frombytes(ffi.buffer(keys, n * 8))
+    return out
+
+
+def sort_by_id(records):
+    """Whole records in the order the kernel lists states: by id, then creatorid."""
+    count = len(records) // RECORD_SIZE
+    if count < 2:
+        return bytes(records)
+    out = _new_uncleared("uint8_t[]", count * RECORD_SIZE)
+    if lib.pfh_sort_by_id(ffi.from_buffer(records), count, out) != 0:
+        raise MemoryError("sorting state records")
+    return ffi.buffer(out)[:]
 
 
 def fetch_live(fd):

@@ -11,10 +11,10 @@ import re
 import struct
 from collections import namedtuple
 from datetime import datetime, timezone
-from itertools import repeat
-from operator import itemgetter, sub
+from itertools import starmap
+from operator import itemgetter
 
-from pfhistory import _native, queries, records
+from pfhistory import _native, queries
 from pfhistory.db import DatabaseError, open_engine, require_current_schema, resolve_url
 from pfhistory.exceptions import PFError
 from pfhistory.pf import states_from_columns
@@ -202,35 +202,34 @@ class History:
             at_row = queries.collection_at_or_before(conn, _epoch(t))
             if at_row is None:
                 return format_records(b"", verbose)
-            rows = queries.history_rows(conn, queries.HistoryFilters(), at_row,
-                                        history=False).fetchall()
-            recs = _records(rows, at_row, _Lookups(conn))
+            data = _records(queries.table_rows(conn, at_row), _Lookups(conn))
         # The kernel lists states in insertion order, which is id order for
         # the ids one firewall hands out (pf_state_insert in sys/net/pf.c).
-        recs.sort(key=_ID_ORDER)
-        return format_records(b"".join(recs), verbose)
+        return format_records(_native.sort_by_id(data), verbose)
 
 
-# The row's first columns are the record's (queries.RECORD_NAMES): packed
-# as they come, but for the interface name, the address ids and the times,
-# which Python turns into the bytes and relative times of the record.
-_RECORD = struct.Struct(queries.RECORD_FORMAT)
-assert _RECORD.size == records.RECORD_SIZE
+# The row's first columns are the record's (queries.RECORD_NAMES). Each row
+# is packed once as it comes, a native 64-bit slot a value (the interface
+# name's 16 bytes take two), and _native.pack writes the records from the
+# slots: fields big-endian, address ids as their 16-byte forms, creation and
+# expire clamped to the record's u32 (what the collector stored came from
+# one; values a clock that went back left could still be out of range).
 _FIELDS = len(queries.RECORD_NAMES)
+_FORMATS = re.findall(r"\d*[a-zA-Z]", queries.RECORD_FORMAT.lstrip("<>=!@"))
+assert len(_FORMATS) == _FIELDS
 _IFNAME = queries.RECORD_NAMES.index("ifname")
 _ADDRS = tuple(queries.RECORD_NAMES.index(n)
                for n in ("w_addr0", "w_addr1", "s_addr0", "s_addr1", "rt_addr"))
-_CREATION = queries.RECORD_NAMES.index("v_created_at")
-_EXPIRE = queries.RECORD_NAMES.index("v_expires_at")
+_CREATION = queries.RECORD_NAMES.index("creation")
+_TIMES = (_CREATION, queries.RECORD_NAMES.index("expire"))
+_ROW = struct.Struct("=" + "".join("16s" if i == _IFNAME else "q" for i in range(_FIELDS)))
+_PACK = "".join("s" if i == _IFNAME else "A" if i in _ADDRS else "U" if i in _TIMES
+                else "I" if fmt == "I" else "q" for i, fmt in enumerate(_FORMATS))
+_RECORD_COLUMNS = itemgetter(slice(0, _FIELDS))
+_IFNAME_OF = itemgetter(_IFNAME)
+_NO_ADDR = bytes(16)
 # The history columns that follow the record's.
 _REF_COLLECTION, _REF_AT = _FIELDS, _FIELDS + 1   # without at= only
-_NO_ADDR = bytes(16)
-_U32 = 0xFFFFFFFF
-
-
-# A record's (id, creatorid), both big-endian: bytes order is numeric order.
-_ID_ORDER = itemgetter(slice(records.OFF_ID, records.OFF_ID + 8),
-                       slice(records.OFF_CREATORID, records.OFF_CREATORID + 4))
 
 
 class _Lookups:
@@ -239,22 +238,35 @@ class _Lookups:
 
     def __init__(self, conn):
         self.conn = conn
-        self.addresses = {None: _NO_ADDR}
+        self.addresses = {queries.NO_ADDRESS: _NO_ADDR}
         self.ifnames = {}
         self.times = {None: None}     # epoch: datetime
         self.first_seen = {}          # collection id: datetime
 
-    def address_forms(self, columns):
-        """The 16-byte forms of the address ids in columns, looked up once."""
-        new = set().union(*columns).difference(self.addresses)
+    def address_forms(self, data, count):
+        """(keys, forms) for _native.pack of count rows packed in data: their
+        address ids ascending, and the 16-byte forms of those."""
+        keys = _native.pack_keys(data, count, _PACK)
+        new = set(keys).difference(self.addresses)
         for id_, raw in queries.address_bins(self.conn, new).items():
             self.addresses[id_] = bytes(raw).ljust(16, b"\0")
-        return [list(map(self.addresses.__getitem__, column)) for column in columns]
+        return keys, b"".join(map(self.addresses.__getitem__, keys))
 
-    def ifname_forms(self, column):
-        for name in set(column).difference(self.ifnames):
-            self.ifnames[name] = ifname_raw(name)
-        return list(map(self.ifnames.__getitem__, column))
+    def raw_ifnames(self, rows):
+        """rows with the interface name as the record's bytes. SQLite gives
+        the stored text's bytes, which are those but for names shown escaped;
+        other databases give the text."""
+        names = set(map(_IFNAME_OF, rows))
+        for name in names.difference(self.ifnames):
+            if isinstance(name, bytes) and b"\\" not in name:
+                self.ifnames[name] = name
+            else:
+                text = name if isinstance(name, str) else bytes(name).decode("latin-1")
+                self.ifnames[name] = ifname_raw(text)
+        if all(self.ifnames[name] is name for name in names):
+            return rows
+        raw = self.ifnames.__getitem__
+        return [(*r[:_IFNAME], raw(r[_IFNAME]), *r[_IFNAME + 1:]) for r in rows]
 
     def first_seen_times(self, column):
         for cid, at in queries.collection_times_of(
@@ -270,36 +282,23 @@ class _Lookups:
         return t
 
 
-def _u32s(values):
-    """Ages and times left as the record's u32 (what the collector stored came
-    from one; a clock that went back could still push one out of range)."""
-    if values and (min(values) < 0 or max(values) > _U32):
-        return [0 if v < 0 else (_U32 if v > _U32 else v) for v in values]
-    return values
-
-
-def _records(rows, at_row, lookups):
-    """The 264-byte records pf_state_export() wrote, exported again from
-    history rows, column by column: creation and expire are relative to the
-    collection whose values a row carries (at_row's, else the row's own)."""
+def _records(rows, lookups):
+    """The 264-byte records pf_state_export() wrote, exported again from rows
+    that start with the record's columns, as one bytes object."""
     if not rows:
-        return []
-    columns = list(zip(*rows))
-    record = columns[:_FIELDS]
-    record[_IFNAME] = lookups.ifname_forms(record[_IFNAME])
-    for i, forms in zip(_ADDRS, lookups.address_forms([record[i] for i in _ADDRS])):
-        record[i] = forms
-    refs = repeat(at_row[1]) if at_row is not None else columns[_REF_AT]
-    record[_CREATION] = _u32s(list(map(sub, refs, record[_CREATION])))
-    record[_EXPIRE] = _u32s(list(map(sub, record[_EXPIRE], refs)))
-    return list(map(_RECORD.pack, *record))
+        return b""
+    if len(rows[0]) != _FIELDS:
+        rows = list(map(_RECORD_COLUMNS, rows))
+    data = b"".join(starmap(_ROW.pack, lookups.raw_ifnames(rows)))
+    keys, forms = lookups.address_forms(data, len(rows))
+    return _native.pack(data, len(rows), _PACK, keys, forms)
 
 
 def _rebuild(rows, latest, at_row, lookups):
     """PFState objects from history rows: records exported again, decoded."""
     if not rows:
         return []
-    recs = _records(rows, at_row, lookups)
+    data = _records(rows, lookups)
     # The history columns after the record's (queries.history_rows).
     first = _FIELDS if at_row is not None else _REF_AT + 1
     first_seen = lookups.first_seen_times([r[first] for r in rows])
@@ -315,8 +314,8 @@ def _rebuild(rows, latest, at_row, lookups):
         infos.append(HistoryInfo(
             first_seen=first_at,
             last_seen=latest_seen if last_seen is None else last_seen,
-            created_at=_utc(r[_CREATION]),
+            created_at=_utc((at_row[1] if at_row is not None else r[_REF_AT]) - r[_CREATION]),
             ended=None if ended_at is None else (last_seen, utc(ended_at)),
             collection=collection,
             exact=bool(exact)))
-    return states_from_columns(_native.decode(b"".join(recs)), history=infos)
+    return states_from_columns(_native.decode(data), history=infos)

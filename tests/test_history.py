@@ -112,6 +112,56 @@ def test_fields_at_their_extremes_come_back_byte_for_byte(tmp_path):
             data[i:i + 264] for i in range(0, len(data), 264))
 
 
+def _record_snapshots(tmp_path, snapshots, *options):
+    """Collect [(epoch, [records])] as state files; [(datetime, bytes)]."""
+    files, out = [], []
+    for k, (t, recs) in enumerate(snapshots):
+        path = tmp_path / f"{k}.pf"
+        path.write_bytes(b"".join(recs))
+        os.utime(path, (t, t))
+        files.append(path)
+        out.append((datetime.fromtimestamp(t, timezone.utc), path.read_bytes()))
+    result = run_cli("collect", "--db", tmp_path / "h.db", "--from-file", *files, *options)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_escaped_interface_names_come_back_raw(tmp_path):
+    # Names pfhistory stores escaped (vis(3)): control bytes, a backslash,
+    # a space, bytes after the NUL, all 16 bytes used.
+    names = (b"em\x01\n\\ x\0junk", b"\\\\", b"\\abcdefghijklmn\xff", b"vio0")
+    recs = [build_state(wire=Key("192.0.2.1", 1000 + i, "10.0.0.1", 53), id=i + 1, ifname=name,
+                        proto=17)
+            for i, name in enumerate(names)]
+    (when, data), = _record_snapshots(tmp_path, [(1_795_000_000, recs)])
+    with History(str(tmp_path / "h.db")) as h:
+        assert h.table_at(when) == format_records(data, 2)
+        assert sorted(s.ifname for s in h.states(at=when)) == sorted(
+            s.ifname for s in pf.parse_states(data))
+        assert {s.ifname for s in h.states(ifname="em\\001\\012\\\\\\040x")} == {
+            "em\\001\\012\\\\\\040x"}
+
+
+def test_values_outside_retention_stay_in_the_record_range(tmp_path):
+    # The state's clock went back (pf restarted with the same id) and its
+    # values at the first collection are gone (retention): the current ones
+    # are seconds before creation there, and expire beyond the u32 an hour
+    # before, so the record carries 0 and 4294967295, as pfctl could show.
+    t0 = 1_795_000_000
+    key = Key("192.0.2.1", 1000, "10.0.0.1", 53)
+    first = build_state(wire=key, id=7, creation=100, expire=50, packets=(1, 1))
+    later = build_state(wire=key, id=7, creation=10, expire=0xFFFFFFFF, packets=(9, 9))
+    (at0, _), (at1, data1) = _record_snapshots(
+        tmp_path, [(t0, [first]), (t0 + 3600, [later])], "--sample-retention", "60s")
+    with History(str(tmp_path / "h.db")) as h:
+        (s,) = h.states(at=at0)
+        assert not s.history.exact and s.packets == (9, 9)
+        assert (s.creation, s.expire) == (0, 0xFFFFFFFF)
+        assert s.history.created_at == at1 - timedelta(seconds=10)
+        assert h.table_at(at0) == format_records(s.record, 2)
+        assert h.table_at(at1) == format_records(data1, 2)
+
+
 def test_at_between_collections_uses_the_one_before(series, history):
     result, _db = series
     when, path = result.snapshots[2]
