@@ -2,10 +2,10 @@
  * pfh_pack.c - state records exported again from stored values.
  *
  * pfhistory rebuilds a past state table as the records pf_state_export()
- * wrote. The database hands over about 30 values a state; packing 100,000
- * records of them in Python cost more than reading them, so Python packs
- * each row once as it comes (native 64-bit slots) and this writes the
- * records: big-endian fields, addresses from their ids, clamped times.
+ * wrote. The database hands over about 30 values a state; turning 100,000
+ * rows of them into records in Python took a third of the time, so Python
+ * packs each row once as it comes (native 64-bit slots) and this writes
+ * the records: big-endian fields, addresses from their ids, clamped times.
  */
 #include <stddef.h>
 #include <stdint.h>

@@ -212,8 +212,8 @@ class History:
 # is packed once as it comes, a native 64-bit slot a value (the interface
 # name's 16 bytes take two), and _native.pack writes the records from the
 # slots: fields big-endian, address ids as their 16-byte forms, creation and
-# expire clamped to the record's u32 (what the collector stored came from
-# one; values a clock that went back left could still be out of range).
+# expire clamped to the record's u32 (a state's own values fit; values of
+# another collection, where retention dropped its own, may not).
 _FIELDS = len(queries.RECORD_NAMES)
 _FORMATS = re.findall(r"\d*[a-zA-Z]", queries.RECORD_FORMAT.lstrip("<>=!@"))
 assert len(_FORMATS) == _FIELDS

@@ -195,6 +195,7 @@ def test_without_at_states_carry_their_last_observed_values(series, history):
         assert s.history.first_seen == first_when
         assert s.first_seen == first_when  # history fields read as attributes too
         assert s.history.collection[1] == last_when
+        assert s.history.created_at == last_when - timedelta(seconds=last.creation)
         if last_index == len(series[0].snapshots) - 1:
             assert s.history.ended is None
         else:
