@@ -101,7 +101,7 @@ def _insert_columns(conn, table, columns, values):
     if full:
         flat = [None] * (full * k)
         for j, column in enumerate(values):
-            flat[j::k] = column[:full]
+            flat[j::k] = column if full == n else column[:full]
         one = f"({', '.join('?' * k)})"
         sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([one] * per)}"
         step = per * k
