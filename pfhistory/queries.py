@@ -318,14 +318,19 @@ def apply_staged(conn, collection_id, count_moved=True):
 
 def close_states(conn, pks, last_seen, last_seen_at, ended_before, ended_before_at):
     """Close open states a collection did not see: last seen by the previous snapshot
-    (last_seen), or by the pfsync batch that first reported them if that came later."""
-    _executemany(conn, "UPDATE states SET "
-                       "last_seen_at = CASE WHEN first_seen > ? THEN (SELECT collected_at "
-                       "FROM collections c WHERE c.id = states.first_seen) ELSE ? END, "
-                       "last_seen = CASE WHEN first_seen > ? THEN first_seen ELSE ? END, "
-                       "ended_before = ?, ended_before_at = ? WHERE pk = ?",
-                 [(last_seen, last_seen_at, last_seen, last_seen, ended_before,
-                   ended_before_at, pk) for pk in pks])
+    (last_seen), or by the pfsync batch that first reported them if that came later.
+    The pks go through a staging table: one UPDATE, not one per state."""
+    _temp_table(conn, "pfh_closing", "pk BIGINT")
+    _insert_columns(conn, "pfh_closing", ("pk",), [sorted(pks)])
+    ph = _ph(conn)
+    conn.exec_driver_sql(
+        f"UPDATE states SET "
+        f"last_seen_at = CASE WHEN states.first_seen > {ph} THEN (SELECT c.collected_at "
+        f"FROM collections c WHERE c.id = states.first_seen) ELSE {ph} END, "
+        f"last_seen = CASE WHEN states.first_seen > {ph} THEN states.first_seen ELSE {ph} END, "
+        f"ended_before = {ph}, ended_before_at = {ph} "
+        f"FROM pfh_closing l WHERE states.pk = l.pk",
+        (last_seen, last_seen_at, last_seen, last_seen, ended_before, ended_before_at))
 
 
 def reopen_states(conn, rows, collection_id):
