@@ -15,7 +15,7 @@ import threading
 import time
 from collections import Counter
 from itertools import compress, repeat
-from operator import eq, is_not, itemgetter, ne, not_
+from operator import and_, eq, is_not, itemgetter, lshift, ne, not_, or_, xor
 from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError
@@ -36,8 +36,9 @@ _U64 = 1 << 64
 # Fields of an open state's row (queries.open_states).
 _KEY = itemgetter(0, 1)
 _PK = itemgetter(2)
-_VALUES = itemgetter(3, 4, 5)      # dyn_hash, created_at, expires_at
-_PEER_HASH = itemgetter(6)
+_VALUES = itemgetter(3)            # dyn_hash, created_at, expires_at folded (_values_hash)
+_PEER_HASH = itemgetter(4)
+_U32 = 0xFFFFFFFF
 # Changed states staged before an apply starts in the background (_Applier),
 # and diffed chunks at most waiting for it to end.
 _APPLY_BATCH = 65536
@@ -88,6 +89,16 @@ def _clamped(values):
     return values
 
 
+def _values_hash(dyns, created, expires):
+    """The values of states folded into one signed 64-bit integer each, as
+    queries.open_states folds them in SQL: dyn_hash XOR (created_at << 32 |
+    expires_at & 0xFFFFFFFF), the shift wrapping at 64 bits."""
+    folded = list(map(or_, map(lshift, created, repeat(32)), map(and_, expires, repeat(_U32))))
+    if folded and max(folded) > _U63:
+        folded = [(x & (_U64 - 1)) - _U64 if x & (1 << 63) else x & (_U64 - 1) for x in folded]
+    return map(xor, dyns, folded)
+
+
 def _address_bin(af, raw):
     """The stored binary form: 4 bytes for IPv4, all 16 otherwise."""
     return raw[:4] if af == OPENBSD_AF_INET else raw
@@ -105,8 +116,8 @@ class _Recorder:
         self.next_addr = next_addr
         self.addr_ids = {}                    # (af, bin) -> id, for this run
         rows = queries.open_states(conn)
-        # (creatorid, state_id) -> (creatorid, state_id, pk, dyn_hash, created_at,
-        # expires_at, peer_hash), built at C speed: a million open states, every minute.
+        # (creatorid, state_id) -> (creatorid, state_id, pk, values_hash, peer_hash),
+        # built at C speed: a million open states, every minute.
         self.open = dict(zip(map(_KEY, rows), rows))
         del rows
         self.any_closed = queries.any_closed_state(conn)
@@ -151,7 +162,8 @@ class _Recorder:
             known = list(compress(range(n), seen))
             old = list(compress(recs, seen))
             del recs
-            diff = list(map(ne, map(_VALUES, old), compress(zip(dyns, created, expires), seen)))
+            diff = list(map(ne, map(_VALUES, old),
+                            compress(_values_hash(dyns, created, expires), seen)))
             index = list(compress(known, diff))
             old = list(compress(old, diff))
             changed = (index, list(map(_PK, old)))
@@ -316,14 +328,14 @@ class _Recorder:
         moved_packets, moved_bytes, samples = self.applier.totals
         # Open states the snapshot lacks are closed, except those created after it was
         # taken (pfsync reported them meanwhile): they cannot be in it.
-        closed = [rec for rec in self.open.values() if rec[4] <= self.t]  # created_at
-        if closed:
+        closed = 0
+        if self.open:
             prev_id, prev_at = self.prev if self.prev is not None else (0, 0)
-            queries.close_states(self.conn, [rec[2] for rec in closed],
-                                 prev_id, prev_at, self.c, self.t)
+            closed = queries.close_states(self.conn, list(map(_PK, self.open.values())),
+                                          prev_id, prev_at, self.c, self.t)
         return {
             "states": self.states, "inserted": self.inserted, "updated": self.updated,
-            "reopened": self.reopened, "closed": len(closed),
+            "reopened": self.reopened, "closed": closed,
             "packets": min(self.new_packets + moved_packets, _U63),
             "bytes": min(self.new_bytes + moved_bytes, _U63),
             "samples": samples,
