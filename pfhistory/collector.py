@@ -34,6 +34,8 @@ DEFAULT_SAMPLE_RETENTION = 24 * 3600
 _U63 = (1 << 63) - 1
 _U64 = 1 << 64
 # Fields of an open state's row (queries.open_states).
+_CREATORID = itemgetter(0)
+_STATE_ID = itemgetter(1)
 _KEY = itemgetter(0, 1)
 _PK = itemgetter(2)
 _VALUES = itemgetter(3)            # dyn_hash, created_at, expires_at folded (_values_hash)
@@ -115,11 +117,7 @@ class _Recorder:
         self.next_pk = next_pk
         self.next_addr = next_addr
         self.addr_ids = {}                    # (af, bin) -> id, for this run
-        rows = queries.open_states(conn)
-        # (creatorid, state_id) -> (creatorid, state_id, pk, values_hash, peer_hash),
-        # built at C speed: a million open states, every minute.
-        self.open = dict(zip(map(_KEY, rows), rows))
-        del rows
+        self.open = _OpenStates(queries.open_states(conn))
         self.any_closed = queries.any_closed_state(conn)
         self.ended_by_pfsync = 0
         self.states = self.inserted = self.updated = self.reopened = 0
@@ -156,7 +154,7 @@ class _Recorder:
         self.creatorids.update(cids)
         changed = peers_changed = ([], [])       # (indexes in the chunk, pks)
         if self.open:
-            recs = list(map(self.open.pop, zip(cids, sids), repeat(None)))
+            recs = self.open.take(cids, sids)
             seen = list(map(is_not, recs, repeat(None)))
             unknown = list(compress(range(n), map(not_, seen)))
             known = list(compress(range(n), seen))
@@ -331,7 +329,7 @@ class _Recorder:
         closed = 0
         if self.open:
             prev_id, prev_at = self.prev if self.prev is not None else (0, 0)
-            closed = queries.close_states(self.conn, list(map(_PK, self.open.values())),
+            closed = queries.close_states(self.conn, list(map(_PK, self.open.remaining())),
                                           prev_id, prev_at, self.c, self.t)
         return {
             "states": self.states, "inserted": self.inserted, "updated": self.updated,
@@ -341,6 +339,51 @@ class _Recorder:
             "samples": samples,
             "creatorid": self.creatorids.most_common(1)[0][0] if self.creatorids else None,
         }
+
+
+class _OpenStates:
+    """The open states not yet matched by a record of the snapshot.
+
+    Rows are (creatorid, state_id, pk, values_hash, peer_hash). They are found
+    by state_id alone, an int (a million of them every minute: half the time
+    of (creatorid, state_id) tuples), and a match must have the record's
+    creatorid too. Only if two open states share a state_id (two creators)
+    are they found by the pair.
+    """
+
+    def __init__(self, rows):
+        self.by_id = dict(zip(map(_STATE_ID, rows), rows))
+        if len(self.by_id) < len(rows):
+            self.by_id = None
+            self.by_key = dict(zip(map(_KEY, rows), rows))
+
+    def __bool__(self):
+        return bool(self.by_id if self.by_id is not None else self.by_key)
+
+    def take(self, cids, sids):
+        """The open state of each record (None if none), each taken out."""
+        if self.by_id is None:
+            return list(map(self.by_key.pop, zip(cids, sids), repeat(None)))
+        pop = self.by_id.pop
+        recs = list(map(pop, sids, repeat(None)))
+        found = list(compress(range(len(recs)), map(is_not, recs, repeat(None))))
+        wrong = list(compress(found, map(ne, map(_CREATORID, map(recs.__getitem__, found)),
+                                         map(cids.__getitem__, found))))
+        if wrong:
+            # Another creator's state with the same id: put back, and look again
+            # for the records that came up empty (one may be that state's own).
+            for i in wrong:
+                self.by_id[sids[i]] = recs[i]
+                recs[i] = None
+            for i, rec in enumerate(recs):
+                if rec is None:
+                    other = self.by_id.get(sids[i])
+                    if other is not None and other[0] == cids[i]:
+                        recs[i] = pop(sids[i])
+        return recs
+
+    def remaining(self):
+        return (self.by_id if self.by_id is not None else self.by_key).values()
 
 
 class _Applier:

@@ -212,6 +212,41 @@ def test_a_state_that_comes_back_is_reopened_not_duplicated(tmp_path):
     assert [tuple(g) for g in gap] == [(2, 3)]
 
 
+def _from(creatorid, state_id, packets):
+    """A TCP state of creator creatorid (a pfsync peer's states share the table)."""
+    return build_state(wire=Key("192.0.2.9", 22, "10.1.%d.%d" % (creatorid, state_id), 50000),
+                       id=state_id, ifname=b"em1", direction=pf.PF_IN, proto=6,
+                       src=Peer(state=4, seqlo=packets), dst=Peer(state=4),
+                       packets=(packets, 1), bytes_=(packets * 100, 60), creation=10,
+                       expire=86400, creatorid=creatorid)
+
+
+@pytest.mark.parametrize("second", [
+    # Both open at once: the collector must match them by (creatorid, id).
+    [_from(5, 9, 2), _from(6, 9, 3)],
+    # Only creator 6's is open: creator 5's record comes first in the chunk and must
+    # neither take creator 6's state nor keep it from its own record.
+    [_from(5, 9, 2), _from(6, 9, 3), _from(6, 10, 1)],
+])
+def test_states_of_two_creators_with_one_id_stay_apart(tmp_path, second):
+    t0 = 1_795_000_000
+    first = [_from(6, 9, 1)] if len(second) == 3 else [_from(5, 9, 1), _from(6, 9, 1)]
+    s0 = _write(tmp_path / "0.pf", first, t0)
+    s1 = _write(tmp_path / "1.pf", second, t0 + 60)
+    s2 = _write(tmp_path / "2.pf", [_from(6, 9, 4)], t0 + 120)
+    db = tmp_path / "h.db"
+    assert run_cli("collect", "--db", db, "--from-file", s0, s1, s2).returncode == 0
+    con = _db(db)
+    rows = {(r["creatorid"], r["state_id"]): r for r in con.execute("SELECT * FROM states")}
+    assert set(rows) == {(5, 9), (6, 9)} | ({(6, 10)} if len(second) == 3 else set())
+    assert rows[(5, 9)]["packets0"] == 2 and rows[(5, 9)]["ended_before"] == 3
+    assert rows[(6, 9)]["packets0"] == 4 and rows[(6, 9)]["ended_before"] is None
+    log = [tuple(r) for r in con.execute(
+        "SELECT inserted, updated, closed FROM collections ORDER BY id")]
+    assert log[1] == ((2, 1, 0) if len(second) == 3 else (0, 2, 0))
+    assert log[2] == ((0, 1, 2) if len(second) == 3 else (0, 1, 1))
+
+
 def test_an_older_snapshot_is_refused(tmp_path):
     t0 = 1_795_000_000
     s0 = _write(tmp_path / "0.pf", [_tcp(0, 1)], t0)
