@@ -110,8 +110,8 @@ def run_baseline(db, snapshot, collection_id):
 
 def baseline(db, snapshot, collection_id):
     """A minimal collector: our decoder, then sqlite3 executemany of the same
-    rows pfhistory writes (states, keys, peers, addresses; samples, updates
-    and closes for a steady-state collection). No SQLAlchemy."""
+    rows pfhistory writes (states, keys, peers, addresses; samples, peer samples,
+    updates and closes for a steady-state collection). No SQLAlchemy."""
     from pfhistory import sources
     from pfhistory.addresses import ntop
     from pfhistory.models import PEER_FIELDS
@@ -123,9 +123,9 @@ def baseline(db, snapshot, collection_id):
     con = sqlite3.connect(db, isolation_level=None)
     con.execute("PRAGMA synchronous = FULL")
     con.execute("BEGIN IMMEDIATE")
-    open_ = {(c, s): (pk, d, ca, ea) for c, s, pk, d, ca, ea in con.execute(
-        "SELECT creatorid, state_id, pk, dyn_hash, created_at, expires_at FROM states "
-        "WHERE ended_before IS NULL")}
+    open_ = {(c, s): (pk, d, ca, ea, ph) for c, s, pk, d, ca, ea, ph in con.execute(
+        "SELECT creatorid, state_id, pk, dyn_hash, created_at, expires_at, peer_hash "
+        "FROM states WHERE ended_before IS NULL")}
     next_pk = (con.execute("SELECT max(pk) FROM states").fetchone()[0] or 0) + 1
     next_addr = (con.execute("SELECT max(id) FROM addresses").fetchone()[0] or 0) + 1
     addr_ids = {(af, bytes(b)): i for i, af, b in con.execute("SELECT id, af, bin FROM addresses")}
@@ -146,6 +146,7 @@ def baseline(db, snapshot, collection_id):
             *(f"{s}_{f}" for s in ("wire", "stack") for f in
               ("af", "addr0_ref", "port0", "addr1_ref", "port1", "rdomain")))}
         new_states, keys, peers, addresses, changed, samples = [], [], [], [], [], []
+        peer_samples = []
         for i in range(c.n):
             key = (cols["creatorid"][i], cols["id"][i])
             rec = open_.pop(key, None)
@@ -154,12 +155,15 @@ def baseline(db, snapshot, collection_id):
                    cols["timeout"][i], cols["sync_flags"][i], cols["updates"][i],
                    cols["state_flags"][i])
             if rec is not None:
-                if rec[1:] != dyn[:3]:
+                if rec[1:4] != dyn[:3]:
                     changed.append((*dyn, cols["peer_hash"][i], collection_id, rec[0]))
                     samples.append((rec[0], collection_id))
-                    for side, prefix in ((0, "src_"), (1, "dst_")):
-                        peers.append(("update", tuple(cols[prefix + f][i] for f in PEER_FIELDS)
-                                      + (rec[0], side)))
+                    if rec[4] != cols["peer_hash"][i]:
+                        peer_samples.append((rec[0], collection_id))
+                        for side, prefix in ((0, "src_"), (1, "dst_")):
+                            peers.append(("update", tuple(cols[prefix + f][i]
+                                                          for f in PEER_FIELDS)
+                                          + (rec[0], side)))
                 continue
             pk = next_pk
             next_pk += 1
@@ -198,15 +202,20 @@ def baseline(db, snapshot, collection_id):
         con.executemany("INSERT INTO state_keys VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", keys)
         con.executemany(f"INSERT INTO state_peers VALUES ({', '.join('?' * 13)})",
                         [p for kind, p in peers if kind == "insert"])
-        # The previous values become samples, then the rows take the new ones.
+        # The previous values become samples (and peers, where they changed, peer
+        # samples), then the rows take the new ones.
         con.executemany(
             "INSERT INTO samples SELECT s.pk, ?, s.values_since, 1, s.created_at, s.expires_at, "
             "s.packets0, s.packets1, s.bytes0, s.bytes1, s.timeout, s.sync_flags, s.updates, "
-            "s.state_flags, " + ", ".join(f"ps.{f}" for f in PEER_FIELDS) + ", "
-            + ", ".join(f"pd.{f}" for f in PEER_FIELDS) + " FROM states s "
-            "JOIN state_peers ps ON ps.state_pk = s.pk AND ps.side = 0 "
-            "JOIN state_peers pd ON pd.state_pk = s.pk AND pd.side = 1 WHERE s.pk = ?",
+            "s.state_flags FROM states s WHERE s.pk = ?",
             [(cid, pk) for pk, cid in samples])
+        con.executemany(
+            "INSERT INTO peer_samples SELECT ps.state_pk, ?, "
+            + ", ".join(f"ps.{f}" for f in PEER_FIELDS) + ", "
+            + ", ".join(f"pd.{f}" for f in PEER_FIELDS) + " FROM state_peers ps "
+            "JOIN state_peers pd ON pd.state_pk = ps.state_pk AND pd.side = 1 "
+            "WHERE ps.state_pk = ? AND ps.side = 0",
+            [(cid, pk) for pk, cid in peer_samples])
         con.executemany(
             "UPDATE states SET dyn_hash = ?, created_at = ?, expires_at = ?, packets0 = ?, "
             "packets1 = ?, bytes0 = ?, bytes1 = ?, timeout = ?, sync_flags = ?, updates = ?, "
@@ -247,6 +256,12 @@ def table_bytes(db, table):
         con.close()
 
 
+def sample_bytes(db):
+    """Bytes of both kinds of samples (values, and peers where they changed)."""
+    sizes = [table_bytes(db, table) for table in ("samples", "peer_samples")]
+    return None if None in sizes else sum(sizes)
+
+
 def bench(states, work):
     from pfhistory.simulate import SimulationConfig, simulate
 
@@ -280,13 +295,13 @@ def bench(states, work):
             s1, c1, m1 = runner(db, first, 1)
         checkpoint(db)
         after_first = db_size(db)
-        samples_before = table_bytes(db, "samples") or 0
+        samples_before = sample_bytes(db) or 0
         if runner is None:
             s2, c2, m2 = run_collect(db, steady)
         else:
             s2, c2, m2 = runner(db, steady, 2)
         checkpoint(db)
-        samples_after = table_bytes(db, "samples")
+        samples_after = sample_bytes(db)
         results[label] = {
             "first_s": s1, "first_cpu": c1, "first_rss": m1,
             "steady_s": s2, "steady_cpu": c2, "steady_rss": m2,

@@ -510,17 +510,20 @@ def record_snapshot(engine, snapshot, host=None, sample_retention=DEFAULT_SAMPLE
 
 
 def expire_samples(conn, before_at, max_batches=50):
-    """Drop samples only collections before before_at needed, in batches."""
+    """Drop samples (values, then peers) only collections before before_at
+    needed, in batches. Returns how many values samples were dropped."""
     first_kept = queries.collection_before(conn, before_at)
     if first_kept is None:
         return 0
-    deleted = 0
-    for _ in range(max_batches):
-        n = queries.expire_samples(conn, first_kept, _EXPIRE_BATCH)
-        deleted += n
-        if n < _EXPIRE_BATCH:
-            break
-    return deleted
+    deleted = {}
+    for peers in (False, True):
+        deleted[peers] = 0
+        for _ in range(max_batches):
+            n = queries.expire_samples(conn, first_kept, _EXPIRE_BATCH, peers=peers)
+            deleted[peers] += n
+            if n < _EXPIRE_BATCH:
+                break
+    return deleted[False]
 
 
 def _iso(epoch):

@@ -16,6 +16,7 @@ from pfhistory.models import (
     PEER_FIELDS,
     Address,
     Collection,
+    PeerSample,
     RollupHour,
     Sample,
     Setting,
@@ -158,7 +159,7 @@ def finish_collection(conn, collection_id, values):
 def counts(conn):
     """Rows in each table, for -v and the tests."""
     return {t.__tablename__: conn.execute(select(func.count()).select_from(t)).scalar()
-            for t in (Collection, Address, State, StateKey, StatePeer, Sample)}
+            for t in (Collection, Address, State, StateKey, StatePeer, Sample, PeerSample)}
 
 
 # -- looking states up -----------------------------------------------------------
@@ -279,6 +280,18 @@ def stage_columns(conn, values, peer_values, first=False):
     _insert_columns(conn, "pfh_peers", STAGED_PEER_COLUMNS, peer_values)
 
 
+_SAMPLE_COLUMNS = ", ".join(["state_pk", "valid_until", "valid_from", "present",
+                              *DYNAMIC_STATE_FIELDS])
+_SAMPLE_VALUES = ", ".join(f"s.{f}" for f in DYNAMIC_STATE_FIELDS)
+_PEER_SAMPLE_COLUMNS = ", ".join(["state_pk", "valid_until",
+                                  *(f"src_{f}" for f in PEER_FIELDS),
+                                  *(f"dst_{f}" for f in PEER_FIELDS)])
+_PEER_SAMPLE_VALUES = ", ".join([f"ps.{f}" for f in PEER_FIELDS] +
+                                [f"pd.{f}" for f in PEER_FIELDS])
+_BOTH_PEERS = ("JOIN state_peers ps ON ps.state_pk = s.pk AND ps.side = 0 "
+               "JOIN state_peers pd ON pd.state_pk = s.pk AND pd.side = 1")
+
+
 def apply_staged(conn, collection_id, count_moved=True):
     """Move the staged states' previous values to samples and take the new ones.
 
@@ -294,19 +307,21 @@ def apply_staged(conn, collection_id, count_moved=True):
         "CASE WHEN i.bytes0 > s.bytes0 THEN i.bytes0 - s.bytes0 ELSE 0 END + "
         "CASE WHEN i.bytes1 > s.bytes1 THEN i.bytes1 - s.bytes1 ELSE 0 END), 0) "
         "FROM pfh_incoming i JOIN states s ON s.pk = i.pk").first()
-    dyn = ", ".join(f"s.{f}" for f in DYNAMIC_STATE_FIELDS)
-    peers = ", ".join([f"ps.{f}" for f in PEER_FIELDS] + [f"pd.{f}" for f in PEER_FIELDS])
-    sample_cols = ", ".join(["state_pk", "valid_until", "valid_from", "present",
-                             *DYNAMIC_STATE_FIELDS,
-                             *(f"src_{f}" for f in PEER_FIELDS),
-                             *(f"dst_{f}" for f in PEER_FIELDS)])
     written = conn.exec_driver_sql(
-        f"INSERT INTO samples ({sample_cols}) "
-        f"SELECT s.pk, {ph}, s.values_since, 1, {dyn}, {peers} "
+        f"INSERT INTO samples ({_SAMPLE_COLUMNS}) "
+        f"SELECT s.pk, {ph}, s.values_since, 1, {_SAMPLE_VALUES} "
         f"FROM pfh_incoming i JOIN states s ON s.pk = i.pk "
-        f"JOIN state_peers ps ON ps.state_pk = s.pk AND ps.side = 0 "
-        f"JOIN state_peers pd ON pd.state_pk = s.pk AND pd.side = 1 "
         f"WHERE s.values_since < {ph}", (collection_id, collection_id)).rowcount
+    # Peers are staged where their hash changed (pfsync stages them all); the
+    # previous ones are kept where they differ. Staged states have their values
+    # staged too, so a values sample exists wherever a peer sample does.
+    staged = ", ".join([f"i.src_{f}" for f in PEER_FIELDS] + [f"i.dst_{f}" for f in PEER_FIELDS])
+    conn.exec_driver_sql(
+        f"INSERT INTO peer_samples ({_PEER_SAMPLE_COLUMNS}) "
+        f"SELECT s.pk, {ph}, {_PEER_SAMPLE_VALUES} "
+        f"FROM pfh_peers i JOIN states s ON s.pk = i.pk {_BOTH_PEERS} "
+        f"WHERE s.values_since < {ph} AND ({_PEER_SAMPLE_VALUES}) <> ({staged})",
+        (collection_id, collection_id))
     sets = ", ".join(f"{f} = i.{f}" for f in ("dyn_hash", "peer_hash", *DYNAMIC_STATE_FIELDS))
     conn.exec_driver_sql(
         f"UPDATE states SET {sets}, values_since = {ph} "
@@ -352,28 +367,23 @@ def reopen_states(conn, rows, collection_id):
     """
     if not rows:
         return
-    dyn = ", ".join(f"s.{f}" for f in DYNAMIC_STATE_FIELDS)
-    peers = ", ".join([f"ps.{f}" for f in PEER_FIELDS] + [f"pd.{f}" for f in PEER_FIELDS])
-    sample_cols = ", ".join(["state_pk", "valid_until", "valid_from", "present",
-                             *DYNAMIC_STATE_FIELDS,
-                             *(f"src_{f}" for f in PEER_FIELDS),
-                             *(f"dst_{f}" for f in PEER_FIELDS)])
     ph = _ph(conn)
     for pk, _last_seen, ended_before in rows:
-        # Values it had while present, until it vanished ...
+        # Values and peers it had while present, until it vanished (its peers are
+        # staged again: they may change now) ...
         conn.exec_driver_sql(
-            f"INSERT INTO samples ({sample_cols}) "
-            f"SELECT s.pk, s.ended_before, s.values_since, 1, {dyn}, {peers} "
-            f"FROM states s JOIN state_peers ps ON ps.state_pk = s.pk AND ps.side = 0 "
-            f"JOIN state_peers pd ON pd.state_pk = s.pk AND pd.side = 1 "
+            f"INSERT INTO samples ({_SAMPLE_COLUMNS}) "
+            f"SELECT s.pk, s.ended_before, s.values_since, 1, {_SAMPLE_VALUES} "
+            f"FROM states s WHERE s.pk = {ph} AND s.values_since < s.ended_before", (pk,))
+        conn.exec_driver_sql(
+            f"INSERT INTO peer_samples ({_PEER_SAMPLE_COLUMNS}) "
+            f"SELECT s.pk, s.ended_before, {_PEER_SAMPLE_VALUES} FROM states s {_BOTH_PEERS} "
             f"WHERE s.pk = {ph} AND s.values_since < s.ended_before", (pk,))
         # ... and the collections that did not see it.
         conn.exec_driver_sql(
-            f"INSERT INTO samples ({sample_cols}) "
-            f"SELECT s.pk, {ph}, s.ended_before, 0, {dyn}, {peers} "
-            f"FROM states s JOIN state_peers ps ON ps.state_pk = s.pk AND ps.side = 0 "
-            f"JOIN state_peers pd ON pd.state_pk = s.pk AND pd.side = 1 "
-            f"WHERE s.pk = {ph}", (collection_id, pk))
+            f"INSERT INTO samples ({_SAMPLE_COLUMNS}) "
+            f"SELECT s.pk, {ph}, s.ended_before, 0, {_SAMPLE_VALUES} "
+            f"FROM states s WHERE s.pk = {ph}", (collection_id, pk))
     _executemany(conn, "UPDATE states SET last_seen = NULL, last_seen_at = NULL, "
                        "ended_before = NULL, ended_before_at = NULL, values_since = ? "
                        "WHERE pk = ?", [(collection_id, pk) for pk, _l, _e in rows])
@@ -381,21 +391,22 @@ def reopen_states(conn, rows, collection_id):
 
 # -- retention -------------------------------------------------------------------
 
-def expire_samples(conn, before_collection_id, limit):
-    """Delete up to limit samples no longer needed for collections before
-    before_collection_id (absences are kept: they make lifetimes exact).
-    Returns how many were deleted."""
+def expire_samples(conn, before_collection_id, limit, peers=False):
+    """Delete up to limit samples (with peers, peer samples) no longer needed
+    for collections before before_collection_id (absences are kept: they make
+    lifetimes exact). Returns how many were deleted."""
     ph = _ph(conn)
+    table, kept = ("peer_samples", "") if peers else ("samples", " AND present = 1")
     return conn.exec_driver_sql(
-        f"DELETE FROM samples WHERE (state_pk, valid_until) IN ("
-        f"SELECT state_pk, valid_until FROM samples "
-        f"WHERE valid_until <= {ph} AND present = 1 LIMIT {int(limit)})",
+        f"DELETE FROM {table} WHERE (state_pk, valid_until) IN ("
+        f"SELECT state_pk, valid_until FROM {table} "
+        f"WHERE valid_until <= {ph}{kept} LIMIT {int(limit)})",
         (before_collection_id,)).rowcount
 
 
 def prune_states_batch(conn, before_at, limit, rolled_up_to=None):
     """Delete up to limit states that ended before before_at, with their keys,
-    peers and samples; only those that ended by collection rolled_up_to, if given
+    peers and samples (values and peers); only those that ended by collection rolled_up_to, if given
     (the hours not yet in rollups still need the others). Returns how many states
     were deleted."""
     ph = _ph(conn)
@@ -406,7 +417,7 @@ def prune_states_batch(conn, before_at, limit, rolled_up_to=None):
         (before_at,))]
     if not pks:
         return 0
-    for table in (Sample, StatePeer, StateKey):
+    for table in (Sample, PeerSample, StatePeer, StateKey):
         conn.execute(delete(table).where(table.state_pk.in_(pks)))
     conn.execute(delete(State).where(State.pk.in_(pks)))
     return len(pks)
@@ -568,9 +579,10 @@ _PEER_ALIAS = {"src": "ps", "dst": "pd"}
 
 def _record_columns(conn, sampled, ref):
     """The SQL of the record's columns: current values, or with sampled those
-    of the sample x where one holds the collection (one CASE per column, so
-    a word is computed from one side only). ref: the SQL of the time of the
-    collection whose values a row carries.
+    of the sample x where one holds the collection, and the peers of the peer
+    sample y where one does (one CASE per column, so a word is computed from
+    one side only). ref: the SQL of the time of the collection whose values a
+    row carries.
 
     SQLite hands the interface name over as bytes (CAST ... AS BLOB keeps
     the stored text's bytes), which Python packs without a lookup per row.
@@ -582,11 +594,17 @@ def _record_columns(conn, sampled, ref):
                              ref, ifname)
     if not sampled:
         return ", ".join(f"{sql} AS {name}" for name, _fmt, sql in current)
-    held = _record_select(lambda col: f"x.{col}", lambda side, col: f"x.{side}_{col}",
+    held = _record_select(lambda col: f"x.{col}", lambda side, col: f"y.{side}_{col}",
                           not sqlite, ref, ifname)
-    return ", ".join(
-        f"{now if now == then else f'CASE WHEN x.state_pk IS NULL THEN {now} ELSE {then} END'}"
-        f" AS {name}" for (name, _fmt, now), (_n, _f, then) in zip(current, held))
+
+    def column(name, now, then):
+        if now == then:
+            return now
+        sample = "y" if name.startswith(("src_", "dst_")) else "x"
+        return f"CASE WHEN {sample}.state_pk IS NULL THEN {now} ELSE {then} END"
+
+    return ", ".join(f"{column(name, now, then)} AS {name}"
+                     for (name, _fmt, now), (_n, _f, then) in zip(current, held))
 
 
 def _endpoint_filter(name, bounds, sides, params):
@@ -664,8 +682,14 @@ def _history_sql(conn, f, at_row, history):
         params["c"], params["c_at"] = at_row
         # A state's samples cover disjoint runs of collections
         # [valid_from, valid_until), so at most one holds collection c.
+        # Its peers then are those of its first peer sample after c, if any:
+        # peers change only where values do, so only where a sample holds c.
         sample_join = ("LEFT JOIN samples x ON x.state_pk = s.pk "
-                       "AND x.valid_until > :c AND x.valid_from <= :c") if sampled else ""
+                       "AND x.valid_until > :c AND x.valid_from <= :c "
+                       "LEFT JOIN peer_samples y ON x.state_pk IS NOT NULL "
+                       "AND y.state_pk = s.pk AND y.valid_until = (SELECT min(z.valid_until) "
+                       "FROM peer_samples z WHERE z.state_pk = s.pk AND z.valid_until > :c)"
+                       ) if sampled else ""
         if _narrowed_by_keys(f):
             # The key filter drives; ended_before_at only prunes.
             where.append("(s.ended_before_at IS NULL OR s.ended_before_at >= :c_at)")
@@ -957,7 +981,8 @@ def _rollup_versions(column):
 # ESTABLISHED at its first observation), and what each counter moved in the hour. The
 # versions of its values come from the row itself or from samples, each found through
 # the primary key (state_pk, the first valid_until after that collection): e at the
-# hour's last collection, f at the one before the hour, n at its first observation.
+# hour's last collection, f at the one before the hour, n at its first observation;
+# the peers then from its first peer sample np, else (they never changed) its own.
 _ROLLUP_HOUR_SQL = (
     "SELECT s.pk, s.direction, s.proto, s.rule, s.anchor, s.ifname, "
     "wk.addr0, wk.port0, wk.addr1, wk.port1, sk.addr0, sk.addr1, sk.port1, wk.mirror, "
@@ -965,8 +990,8 @@ _ROLLUP_HOUR_SQL = (
     "CASE WHEN s.first_seen > :before AND s.proto = 6 THEN (CASE "
     "WHEN s.values_since = s.first_seen THEN "
     "(CASE WHEN ps.state < 4 AND pd.state < 4 THEN 1 ELSE 0 END) "
-    "WHEN n.src_state IS NOT NULL THEN "
-    "(CASE WHEN n.src_state < 4 AND n.dst_state < 4 THEN 1 ELSE 0 END) END) "
+    "WHEN n.state_pk IS NOT NULL THEN (CASE WHEN COALESCE(np.src_state, ps.state) < 4 "
+    "AND COALESCE(np.dst_state, pd.state) < 4 THEN 1 ELSE 0 END) END) "
     "ELSE 0 END, "
     + ", ".join(_rollup_versions(c) for c in ("packets0", "packets1", "bytes0", "bytes1")) +
     " FROM states s "
@@ -981,10 +1006,14 @@ _ROLLUP_HOUR_SQL = (
     "LEFT JOIN samples n ON s.first_seen > :before AND s.values_since > s.first_seen "
     "AND (s.proto = 6 OR s.first_seen = :first_id) AND n.state_pk = s.pk "
     "AND n.valid_until = (SELECT min(x.valid_until) FROM samples x WHERE x.state_pk = s.pk) "
-    "LEFT JOIN state_peers ps ON s.first_seen > :before AND s.values_since = s.first_seen "
-    "AND s.proto = 6 AND ps.state_pk = s.pk AND ps.side = 0 "
-    "LEFT JOIN state_peers pd ON s.first_seen > :before AND s.values_since = s.first_seen "
-    "AND s.proto = 6 AND pd.state_pk = s.pk AND pd.side = 1 "
+    "LEFT JOIN peer_samples np ON n.state_pk IS NOT NULL AND s.proto = 6 "
+    "AND np.state_pk = s.pk AND np.valid_until = "
+    "(SELECT min(x.valid_until) FROM peer_samples x WHERE x.state_pk = s.pk) "
+    "LEFT JOIN state_peers ps ON s.first_seen > :before AND s.proto = 6 "
+    "AND (s.values_since = s.first_seen OR (n.state_pk IS NOT NULL AND np.state_pk IS NULL)) "
+    "AND ps.state_pk = s.pk AND ps.side = 0 "
+    "LEFT JOIN state_peers pd ON ps.state_pk IS NOT NULL AND pd.state_pk = s.pk "
+    "AND pd.side = 1 "
     "WHERE {where} AND s.values_since > :before AND s.first_seen <= :last")
 
 
@@ -1373,20 +1402,18 @@ def apply_compressed(conn, collection_id, prev_id):
     previous values kept as a sample), then removals at their times (ended_by 1).
     Returns (updated, samples, ended)."""
     ph = _ph(conn)
-    dyn = ", ".join(f"s.{f}" for f in DYNAMIC_STATE_FIELDS)
-    peers = ", ".join([f"ps.{f}" for f in PEER_FIELDS] + [f"pd.{f}" for f in PEER_FIELDS])
-    sample_cols = ", ".join(["state_pk", "valid_until", "valid_from", "present",
-                             *DYNAMIC_STATE_FIELDS,
-                             *(f"src_{f}" for f in PEER_FIELDS),
-                             *(f"dst_{f}" for f in PEER_FIELDS)])
     samples = conn.exec_driver_sql(
-        f"INSERT INTO samples ({sample_cols}) "
-        f"SELECT s.pk, {ph}, s.values_since, 1, {dyn}, {peers} "
+        f"INSERT INTO samples ({_SAMPLE_COLUMNS}) "
+        f"SELECT s.pk, {ph}, s.values_since, 1, {_SAMPLE_VALUES} "
         f"FROM pfh_sync_c c JOIN states s ON {_C_JOIN} "
-        f"JOIN state_peers ps ON ps.state_pk = s.pk AND ps.side = 0 "
-        f"JOIN state_peers pd ON pd.state_pk = s.pk AND pd.side = 1 "
         f"WHERE c.has_peers = 1 AND s.ended_before IS NULL AND s.values_since < {ph}",
         (collection_id, collection_id)).rowcount
+    conn.exec_driver_sql(
+        f"INSERT INTO peer_samples ({_PEER_SAMPLE_COLUMNS}) "
+        f"SELECT s.pk, {ph}, {_PEER_SAMPLE_VALUES} "
+        f"FROM pfh_sync_c c JOIN states s ON {_C_JOIN} {_BOTH_PEERS} "
+        f"WHERE c.has_peers = 1 AND s.ended_before IS NULL AND s.values_since < {ph}",
+        (collection_id, collection_id))
     for side, prefix in ((0, "src_"), (1, "dst_")):
         sets = ", ".join(f"{f} = c.{prefix}{f}" for f in PEER_FIELDS)
         conn.exec_driver_sql(

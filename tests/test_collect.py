@@ -128,8 +128,14 @@ def test_collections_log_and_aggregates(small_series, recorded):
 
 
 def test_samples_rebuild_every_collection_exactly(small_series, recorded):
-    """For each collection, the values in force then equal the snapshot's."""
+    """For each collection, the values and peers in force then equal the snapshot's:
+    values from the first sample after it (else the row's), peers from the first
+    peer sample after it (else the current ones)."""
     con = _db(recorded)
+    peer_samples = con.execute("SELECT count(*) FROM peer_samples").fetchone()[0]
+    samples = con.execute("SELECT count(*) FROM samples WHERE present = 1").fetchone()[0]
+    # Peers are kept only where they changed: fewer peer samples than samples.
+    assert 0 < peer_samples < samples
     for cid, (when, path) in enumerate(small_series.snapshots, start=1):
         t = int(when.timestamp())
         expected = {(s.creatorid, _signed(s.id)): s for s in
@@ -139,13 +145,20 @@ def test_samples_rebuild_every_collection_exactly(small_series, recorded):
                 "SELECT s.*, x.valid_until AS x_until, x.present AS x_present, "
                 "x.packets0 AS x_packets0, x.packets1 AS x_packets1, x.bytes0 AS x_bytes0, "
                 "x.bytes1 AS x_bytes1, x.expires_at AS x_expires_at, "
-                "x.created_at AS x_created_at, x.src_seqlo AS x_src_seqlo, "
-                "x.dst_seqlo AS x_dst_seqlo, x.src_state AS x_src_state "
+                "x.created_at AS x_created_at, COALESCE(y.src_seqlo, ps.seqlo) AS src_seqlo, "
+                "COALESCE(y.dst_seqlo, pd.seqlo) AS dst_seqlo, "
+                "COALESCE(y.src_state, ps.state) AS src_state, "
+                "COALESCE(y.dst_state, pd.state) AS dst_state "
                 "FROM states s LEFT JOIN samples x ON x.state_pk = s.pk AND x.valid_until = "
                 "(SELECT min(valid_until) FROM samples WHERE state_pk = s.pk "
                 " AND valid_until > ?) "
+                "LEFT JOIN peer_samples y ON y.state_pk = s.pk AND y.valid_until = "
+                "(SELECT min(valid_until) FROM peer_samples WHERE state_pk = s.pk "
+                " AND valid_until > ?) "
+                "JOIN state_peers ps ON ps.state_pk = s.pk AND ps.side = 0 "
+                "JOIN state_peers pd ON pd.state_pk = s.pk AND pd.side = 1 "
                 "WHERE s.first_seen <= ? AND (s.ended_before IS NULL OR s.ended_before > ?)",
-                (cid, cid, cid)):
+                (cid, cid, cid, cid)):
             if row["x_until"] is not None and row["x_present"] == 0:
                 continue
             alive[(row["creatorid"], row["state_id"])] = row
@@ -157,9 +170,10 @@ def test_samples_rebuild_every_collection_exactly(small_series, recorded):
             assert (row[pre + "bytes0"], row[pre + "bytes1"]) == s.bytes
             assert row[pre + "expires_at"] - t == s.expire
             assert t - row[pre + "created_at"] == s.creation
-            if pre:
-                src = s.src if s.direction == pf.PF_OUT else s.dst
-                assert row["x_src_seqlo"] == src.seqlo
+            # The record's src peer is the PFState's src for outbound states.
+            src, dst = (s.src, s.dst) if s.direction == pf.PF_OUT else (s.dst, s.src)
+            assert (row["src_seqlo"], row["src_state"]) == (src.seqlo, src.state), key
+            assert (row["dst_seqlo"], row["dst_state"]) == (dst.seqlo, dst.state), key
 
 
 def test_recording_the_same_snapshot_twice_changes_only_the_log(tmp_path, small_series):
@@ -372,9 +386,13 @@ def test_peers_change_only_when_they_do_and_samples_keep_them(tmp_path):
         assert con.execute("SELECT seqlo FROM state_peers WHERE side = 0").fetchone()[0] == \
             (1, 1, 9, 9)[k]
         assert con.execute("SELECT packets0 FROM states").fetchone()[0] == k + 1
-    samples = [(r["valid_from"], r["valid_until"], r["src_seqlo"], r["packets0"])
+    samples = [(r["valid_from"], r["valid_until"], r["packets0"])
                for r in con.execute("SELECT * FROM samples ORDER BY valid_until")]
-    assert samples == [(1, 2, 1, 1), (2, 3, 1, 2), (3, 4, 9, 3)]
+    assert samples == [(1, 2, 1), (2, 3, 2), (3, 4, 3)]
+    # The peers changed once, in collection 3: one peer sample, the ones before it.
+    peers = [(r["valid_until"], r["src_seqlo"])
+             for r in con.execute("SELECT * FROM peer_samples ORDER BY valid_until")]
+    assert peers == [(3, 1)]
 
 
 def test_states_recorded_before_peer_hash_get_their_peers_written(tmp_path, small_series,
@@ -390,7 +408,7 @@ def test_states_recorded_before_peer_hash_get_their_peers_written(tmp_path, smal
     con.commit()
     con.close()
     assert run_cli("collect", "--db", db, "--from-file", *files[1:]).returncode == 0
-    for table in ("state_peers", "samples"):
+    for table in ("state_peers", "samples", "peer_samples"):
         got, want = (sqlite3.connect(p).execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
                      for p in (db, recorded))
         assert got == want, table

@@ -160,3 +160,72 @@ def test_0006_keeps_the_hours_old_rollups_finished(tmp_path, second_rolled, fini
     assert con.execute("SELECT kind FROM collection_log ORDER BY id").fetchall() == \
         [("snapshot",), ("snapshot",), ("pfsync",), ("snapshot",), ("snapshot",)]
     con.close()
+
+
+def _peers_in_force(con, cid, peers_apart):
+    """{(creatorid, state_id): (src seqlo, src state, dst seqlo, dst state)} of the
+    states alive in collection cid, read as the schema of the time keeps them: in the
+    sample holding cid (0006), or in the first peer sample after cid (0007 on); else
+    in state_peers."""
+    if peers_apart:
+        held = ("LEFT JOIN peer_samples y ON y.state_pk = s.pk AND y.valid_until = "
+                "(SELECT min(valid_until) FROM peer_samples WHERE state_pk = s.pk "
+                "AND valid_until > :c)")
+    else:
+        held = "LEFT JOIN samples y ON y.state_pk = x.state_pk AND y.valid_until = x.valid_until"
+    rows = con.execute(
+        "SELECT s.creatorid, s.state_id, x.present, COALESCE(y.src_seqlo, ps.seqlo), "
+        "COALESCE(y.src_state, ps.state), COALESCE(y.dst_seqlo, pd.seqlo), "
+        "COALESCE(y.dst_state, pd.state) FROM states s "
+        "LEFT JOIN samples x ON x.state_pk = s.pk AND x.valid_until = "
+        "(SELECT min(valid_until) FROM samples WHERE state_pk = s.pk AND valid_until > :c) "
+        f"{held} "
+        "JOIN state_peers ps ON ps.state_pk = s.pk AND ps.side = 0 "
+        "JOIN state_peers pd ON pd.state_pk = s.pk AND pd.side = 1 "
+        "WHERE s.first_seen <= :c AND (s.ended_before IS NULL OR s.ended_before > :c)",
+        {"c": cid}).fetchall()
+    return {(r[0], r[1]): r[3:] for r in rows if r[2] != 0}
+
+
+def test_0007_moves_peers_out_of_samples_and_back(tmp_path, small_series):
+    """Recorded at 0006, every sample held both peers. Up to 0007 they become peer
+    samples, down again they come back, and in every state of the schema the peers
+    of each collection are the snapshot's."""
+    from pfhistory import pf
+
+    path = tmp_path / "h.db"
+    url, engine = _engine(path)
+    truth = []
+    for when, snap in small_series.snapshots:
+        truth.append({(s.creatorid, s.id - (1 << 64) if s.id >= 1 << 63 else s.id):
+                      (s.src.seqlo, s.src.state, s.dst.seqlo, s.dst.state)
+                      if s.direction == pf.PF_OUT else
+                      (s.dst.seqlo, s.dst.state, s.src.seqlo, s.src.state)
+                      for s in pf.parse_states(snap.read_bytes())})
+    files = [p for _t, p in small_series.snapshots]
+    assert run_cli("collect", "--db", path, "--from-file", *files).returncode == 0
+
+    def check(peers_apart):
+        con = sqlite3.connect(path)
+        try:
+            for cid, want in enumerate(truth, start=1):
+                assert _peers_in_force(con, cid, peers_apart) == want, (peers_apart, cid)
+            return con.execute("SELECT count(*) FROM samples").fetchone()[0]
+        finally:
+            con.close()
+
+    samples = check(True)
+    cfg = db.alembic_config(url)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0006")
+    assert check(False) == samples
+    con = sqlite3.connect(path)
+    assert con.execute("SELECT count(*) FROM samples WHERE src_seqlo IS NULL").fetchone() == (0,)
+    con.close()
+    db.upgrade(engine, url)
+    assert check(True) == samples
+    con = sqlite3.connect(path)
+    sql = con.execute("SELECT sql FROM sqlite_master WHERE name = 'samples'").fetchone()[0]
+    con.close()
+    assert "WITHOUT ROWID" in sql.upper()
