@@ -96,8 +96,8 @@ def _values_hash(dyns, created, expires):
     queries.open_states folds them in SQL: dyn_hash XOR (created_at << 32 |
     expires_at & 0xFFFFFFFF), the shift wrapping at 64 bits."""
     folded = list(map(or_, map(lshift, created, repeat(32)), map(and_, expires, repeat(_U32))))
-    if folded and max(folded) > _U63:
-        folded = [(x & (_U64 - 1)) - _U64 if x & (1 << 63) else x & (_U64 - 1) for x in folded]
+    if folded and (max(folded) > _U63 or min(folded) < -_U63 - 1):
+        folded = [((x + (1 << 63)) & (_U64 - 1)) - (1 << 63) for x in folded]
     return map(xor, dyns, folded)
 
 

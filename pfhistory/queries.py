@@ -33,7 +33,7 @@ __all__ = [
     "insert_states", "insert_keys", "insert_peers", "stage_columns", "drop_load_indexes",
     "create_load_indexes", "stage", "apply_staged",
     "close_states", "reopen_states", "expire_samples", "prune_states_batch",
-    "prune_orphan_addresses", "get_setting", "set_setting", "counts",
+    "prune_orphan_addresses", "get_setting", "set_setting",
     "SYNC_LOOKUP_COLUMNS", "sync_lookup", "end_states", "refine_ends", "clear_states",
     "delete_partial_states", "count_partial_states", "prune_partial_states",
     "COMPRESSED_COLUMNS", "stage_compressed", "compressed_stale", "compressed_closed", "compressed_partial",
@@ -154,12 +154,6 @@ def insert_collection(conn, row):
 
 def finish_collection(conn, collection_id, values):
     conn.execute(update(Collection).where(Collection.id == collection_id).values(**values))
-
-
-def counts(conn):
-    """Rows in each table, for -v and the tests."""
-    return {t.__tablename__: conn.execute(select(func.count()).select_from(t)).scalar()
-            for t in (Collection, Address, State, StateKey, StatePeer, Sample, PeerSample)}
 
 
 # -- looking states up -----------------------------------------------------------
@@ -396,10 +390,17 @@ def expire_samples(conn, before_collection_id, limit, peers=False):
     for collections before before_collection_id (absences are kept: they make
     lifetimes exact). Returns how many were deleted."""
     ph = _ph(conn)
-    table, kept = ("peer_samples", "") if peers else ("samples", " AND present = 1")
+    if peers:
+        # Never ahead of the values: a values sample left over (a capped pass) still
+        # takes its peers from the first peer sample at or after its valid_until.
+        table, kept = "peer_samples", (
+            " AND NOT EXISTS (SELECT 1 FROM samples x WHERE x.state_pk = p.state_pk "
+            "AND x.present = 1 AND x.valid_until <= p.valid_until)")
+    else:
+        table, kept = "samples", " AND present = 1"
     return conn.exec_driver_sql(
         f"DELETE FROM {table} WHERE (state_pk, valid_until) IN ("
-        f"SELECT state_pk, valid_until FROM {table} "
+        f"SELECT state_pk, valid_until FROM {table} p "
         f"WHERE valid_until <= {ph}{kept} LIMIT {int(limit)})",
         (before_collection_id,)).rowcount
 
@@ -1270,7 +1271,10 @@ _LOOKUP_SQL = {"src_state": "ps.state", "src_seqlo": "ps.seqlo", "dst_state": "p
 # PF_TCPS_PROXY_SRC 11 and up) or a sequence number going back (SEQ_GT, modulo 2**32; for
 # dst once it has seen a SYN, TCPS_SYN_SENT 2); for other protocols a state going back.
 # {p} is the stored peer's alias, {n} the prefix of the new values.
-_SEQ_GT = "((({a}) - ({b})) % 4294967296 + 4294967296) % 4294967296 BETWEEN 1 AND 2147483647"
+# SEQ_GT(a, b) of u32 sequence numbers: (int32)(a - b) > 0. Written without %, which
+# PostgreSQL's drivers would take for a placeholder: a - b lies in (-2^32, 2^32).
+_SEQ_GT = ("(({a}) - ({b}) BETWEEN 1 AND 2147483647 "
+           "OR ({a}) - ({b}) BETWEEN -4294967295 AND -2147483649)")
 _STALE_SQL = (
     "(CASE WHEN s.proto = 6 THEN "
     "(ps.state > {n}src_state AND (ps.state < 11 OR {n}src_state >= 11)) OR "

@@ -319,6 +319,52 @@ def test_sample_retention_drops_old_samples(tmp_path, small_series):
     assert con.execute("SELECT count(*) FROM samples").fetchone()[0] > 0
 
 
+def _peers_of_samples(con):
+    """{(state_pk, valid_until): peers} of every values sample still kept: those of
+    the first peer sample at or after its valid_until, else the current ones."""
+    return {(r[0], r[1]): tuple(r[2:]) for r in con.execute(
+        "SELECT x.state_pk, x.valid_until, COALESCE(y.src_seqlo, ps.seqlo), "
+        "COALESCE(y.src_state, ps.state), COALESCE(y.dst_seqlo, pd.seqlo) FROM samples x "
+        "LEFT JOIN peer_samples y ON y.state_pk = x.state_pk AND y.valid_until = "
+        "(SELECT min(valid_until) FROM peer_samples WHERE state_pk = x.state_pk "
+        " AND valid_until >= x.valid_until) "
+        "JOIN state_peers ps ON ps.state_pk = x.state_pk AND ps.side = 0 "
+        "JOIN state_peers pd ON pd.state_pk = x.state_pk AND pd.side = 1 "
+        "WHERE x.present = 1")}
+
+
+def test_a_capped_expiry_never_takes_peers_that_kept_samples_need(tmp_path, recorded,
+                                                                  monkeypatch):
+    """Expiry stops after a number of batches; values samples it leaves for the next
+    pass keep the peer samples they read their peers from."""
+    import shutil
+
+    from pfhistory import collector
+    from pfhistory.db import open_engine, resolve_url, write_transaction
+
+    db = tmp_path / "h.db"
+    shutil.copy(recorded, db)
+    con = _db(db)
+    before = _peers_of_samples(con)
+    third_at = con.execute("SELECT collected_at FROM collections WHERE id = 3").fetchone()[0]
+    expiring = [con.execute(f"SELECT count(*) FROM {table} WHERE valid_until <= 3").fetchone()[0]
+                for table in ("samples", "peer_samples")]
+    con.close()
+    # A cap between the two: the values pass stops short, the peers pass would not.
+    cap = (expiring[1] + expiring[0]) // 2
+    assert expiring[1] < cap < expiring[0]
+    monkeypatch.setattr(collector, "_EXPIRE_BATCH", cap)
+    engine = open_engine(resolve_url(str(db)))
+    with write_transaction(engine) as conn:
+        dropped = collector.expire_samples(conn, third_at, max_batches=1)
+    engine.dispose()
+    con = _db(db)
+    after = _peers_of_samples(con)
+    assert dropped == cap and len(after) == len(before) - dropped
+    assert after == {k: v for k, v in before.items() if k in after}
+    con.close()
+
+
 def _one_sentence(result):
     assert result.returncode != 0
     lines = result.stderr.splitlines()
