@@ -449,3 +449,21 @@ def test_fuzzed_packets_are_counted_and_never_half_applied(empty_history, tmp_pa
     if sum(r.malformed.values()):
         assert sum(r.malformed.values()) == 1
         assert story == results["without"][1]        # nothing of it applied
+
+
+def test_seq_gt_in_sql_is_the_kernels_rule():
+    """SEQ_GT(a, b), (int32)(a - b) > 0, in SQL without % (a placeholder to
+    PostgreSQL's drivers), across the wrap of u32 sequence numbers."""
+    import random
+
+    from pfhistory.queries import _SEQ_GT
+
+    con = sqlite3.connect(":memory:")
+    rng = random.Random(3)
+    edges = [0, 1, 2**31 - 1, 2**31, 2**31 + 1, 2**32 - 1]
+    pairs = [(a, b) for a in edges for b in edges]
+    pairs += [(rng.randrange(2**32), rng.randrange(2**32)) for _ in range(2000)]
+    for a, b in pairs:
+        want = 0 < ((a - b) & 0xFFFFFFFF) < 2**31
+        got = con.execute("SELECT " + _SEQ_GT.format(a=a, b=b)).fetchone()[0]
+        assert bool(got) == want, (a, b)
