@@ -407,9 +407,9 @@ def expire_samples(conn, before_collection_id, limit, peers=False):
 
 def prune_states_batch(conn, before_at, limit, rolled_up_to=None):
     """Delete up to limit states that ended before before_at, with their keys,
-    peers and samples (values and peers); only those that ended by collection rolled_up_to, if given
-    (the hours not yet in rollups still need the others). Returns how many states
-    were deleted."""
+    peers and samples of values and of peers; only those that ended by collection
+    rolled_up_to, if given (the hours not yet in rollups still need the others).
+    Returns how many states were deleted."""
     ph = _ph(conn)
     rolled = "" if rolled_up_to is None else f"AND ended_before <= {int(rolled_up_to)} "
     pks = [r[0] for r in conn.exec_driver_sql(
