@@ -12,8 +12,9 @@ of five runs:
   - table_at for the last collection of the 100,000-state firewall, and for
     one in the middle of its ten minutes (values partly in samples).
 
-The history is only read (History opens it read-only): --keep may point at
-a database another checkout built.
+The history is only read (History opens it read-only), after `pfhistory db
+upgrade` brings a kept one to this checkout's schema: --keep may point at a
+database another checkout built.
 """
 
 import argparse
@@ -42,6 +43,9 @@ def build(work, bulk, bulk_states):
 
     db = work / f"history-{bulk}x{bulk_states}.db"
     if db.exists():
+        # A history kept from an older pfhistory is brought to this one's schema.
+        subprocess.run([sys.executable, "-m", "pfhistory", "db", "upgrade", "--db", str(db)],
+                       check=True, stdout=subprocess.DEVNULL)
         return db
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
