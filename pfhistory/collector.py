@@ -515,15 +515,19 @@ def expire_samples(conn, before_at, max_batches=50):
     first_kept = queries.collection_before(conn, before_at)
     if first_kept is None:
         return 0
-    deleted = {}
-    for peers in (False, True):
-        deleted[peers] = 0
-        for _ in range(max_batches):
-            n = queries.expire_samples(conn, first_kept, _EXPIRE_BATCH, peers=peers)
-            deleted[peers] += n
-            if n < _EXPIRE_BATCH:
-                break
-    return deleted[False]
+    dropped = _expire(conn, first_kept, max_batches, peers=False)
+    _expire(conn, first_kept, max_batches, peers=True)
+    return dropped
+
+
+def _expire(conn, first_kept, max_batches, peers):
+    dropped = 0
+    for _ in range(max_batches):
+        n = queries.expire_samples(conn, first_kept, _EXPIRE_BATCH, peers=peers)
+        dropped += n
+        if n < _EXPIRE_BATCH:
+            break
+    return dropped
 
 
 def _iso(epoch):
