@@ -164,10 +164,24 @@ def open_engine(url, create=False, readonly=False, wait=BUSY_TIMEOUT_S):
         event.listen(engine, "begin", _on_sqlite_begin)
         return engine
     try:
-        return create_engine(url, pool_pre_ping=True)
+        engine = create_engine(_with_driver(url), pool_pre_ping=True)
     except (NoSuchModuleError, ImportError) as e:
+        hint = ("; pip install 'pfhistory[postgresql]' installs psycopg"
+                if url.get_backend_name() == "postgresql" else "")
         raise DatabaseError(f"no driver for {url.get_backend_name()!r} databases "
-                            f"is installed ({e})") from None
+                            f"is installed ({e}){hint}") from None
+    return engine
+
+
+def _with_driver(url):
+    """A plain postgresql:// URL names no driver: take psycopg (pfhistory's postgresql
+    extra) when it is installed; SQLAlchemy 2.0 would pick psycopg2 otherwise."""
+    if url.drivername == "postgresql":
+        from importlib.util import find_spec
+
+        if find_spec("psycopg") is not None:
+            return url.set(drivername="postgresql+psycopg")
+    return url
 
 
 @contextmanager
@@ -290,6 +304,10 @@ def describe_db_error(exc, url, wait=BUSY_TIMEOUT_S):
         return f"{shown}: is not a pfhistory database (not a readable SQLite file)"
     if "unable to open database" in lowered:
         return f"{shown}: cannot open the database file"
+    if isinstance(exc, DBAPIError) and exc.statement is None and not _is_sqlite(url):
+        # No statement: it failed while connecting (no server there, no such
+        # database, login refused).
+        return f"{shown}: cannot connect to the database: {text}"
     if isinstance(orig, OSError) and orig.strerror:
         return f"{shown}: {orig.strerror}"
     return f"{shown}: database error: {text}"
