@@ -7,7 +7,9 @@ power cut never loses a committed collection, and incremental auto-vacuum so
 pruning can hand space back without a blocking VACUUM. pfhistory's own
 writers run without SQLite's per-row foreign-key checks (they keep references
 whole themselves; see _on_sqlite_begin); every other connection has them on.
-Files are created owner-only: state tables are sensitive.
+Files are created owner-only: state tables are sensitive. On PostgreSQL
+(psycopg, the postgresql extra) writers take an advisory lock per database as
+they begin, which serializes them as BEGIN IMMEDIATE does on SQLite.
 """
 
 import os
@@ -170,6 +172,8 @@ def open_engine(url, create=False, readonly=False, wait=BUSY_TIMEOUT_S):
                 if url.get_backend_name() == "postgresql" else "")
         raise DatabaseError(f"no driver for {url.get_backend_name()!r} databases "
                             f"is installed ({e}){hint}") from None
+    if engine.dialect.name == "postgresql":
+        event.listen(engine, "begin", lambda conn: _on_postgresql_begin(conn, wait))
     return engine
 
 
@@ -182,6 +186,16 @@ def _with_driver(url):
         if find_spec("psycopg") is not None:
             return url.set(drivername="postgresql+psycopg")
     return url
+
+
+def _on_postgresql_begin(conn, wait):
+    """Writers take one lock per database first, as BEGIN IMMEDIATE does on SQLite:
+    they number new collections, states and addresses from the largest ids (next_ids),
+    so two at once would hand out the same ones. A second writer waits up to wait s."""
+    if conn.info.get("writer"):
+        from pfhistory import queries
+
+        queries.lock_writers(conn, wait)
 
 
 @contextmanager
@@ -297,7 +311,7 @@ def describe_db_error(exc, url, wait=BUSY_TIMEOUT_S):
         return f"{shown}: the disk is full; nothing of this run was recorded"
     if "readonly" in lowered or "read-only" in lowered:
         return f"{shown}: the database is read-only; nothing was recorded"
-    if "database is locked" in lowered:
+    if "database is locked" in lowered or "lock timeout" in lowered:
         return (f"{shown}: another pfhistory is writing; gave up after waiting "
                 f"{wait:g} s, nothing was recorded")
     if "file is not a database" in lowered or "malformed" in lowered:

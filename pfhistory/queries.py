@@ -26,6 +26,7 @@ from pfhistory.models import (
 )
 
 __all__ = [
+    "lock_writers",
     "STATE_COLUMNS", "NEW_STATE_COLUMNS", "KEY_COLUMNS", "PEER_COLUMNS", "STAGED_COLUMNS",
     "STAGED_PEER_COLUMNS",
     "latest_collection", "next_ids", "insert_collection", "finish_collection",
@@ -126,6 +127,23 @@ def _temp_table(conn, name, columns_sql):
         # run a few times a second). Each name is always made with the same columns.
         conn.exec_driver_sql(f"CREATE TEMP TABLE IF NOT EXISTS {name} ({columns_sql})")
         conn.exec_driver_sql(f"DELETE FROM temp.{name}")
+
+
+# -- writers -------------------------------------------------------------------
+
+# The key of the lock PostgreSQL's writers take (pg_advisory_xact_lock): any fixed
+# BIGINT; advisory locks are per database.
+_WRITER_LOCK = 0x7066686973746F72      # "pfhistor"
+
+
+def lock_writers(conn, wait):
+    """PostgreSQL: wait up to wait seconds for the other writers of this database to
+    finish, then keep them waiting until this transaction ends. Past the wait the
+    server cancels it ("lock timeout")."""
+    ph = _ph(conn)
+    conn.exec_driver_sql(f"SELECT set_config('lock_timeout', {ph}, true)",
+                         (f"{max(1, int(wait * 1000))}ms",))
+    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({ph})", (_WRITER_LOCK,))
 
 
 # -- collections ---------------------------------------------------------------
