@@ -311,12 +311,15 @@ def apply_staged(conn, collection_id, count_moved=True):
     values (never negative per state; 0, 0 unless count_moved), and the samples written.
     """
     ph = _ph(conn)
+    # Each side moves at most 2**63 - 1, both may: NUMERIC keeps PostgreSQL from
+    # refusing their sum as out of BIGINT's range (a no-op on SQLite's integers).
     moved = (0, 0) if not count_moved else conn.exec_driver_sql(
-        "SELECT COALESCE(SUM("
-        "CASE WHEN i.packets0 > s.packets0 THEN i.packets0 - s.packets0 ELSE 0 END + "
+        "SELECT COALESCE(SUM(CAST("
+        "CASE WHEN i.packets0 > s.packets0 THEN i.packets0 - s.packets0 ELSE 0 END "
+        "AS NUMERIC) + "
         "CASE WHEN i.packets1 > s.packets1 THEN i.packets1 - s.packets1 ELSE 0 END), 0), "
-        "COALESCE(SUM("
-        "CASE WHEN i.bytes0 > s.bytes0 THEN i.bytes0 - s.bytes0 ELSE 0 END + "
+        "COALESCE(SUM(CAST("
+        "CASE WHEN i.bytes0 > s.bytes0 THEN i.bytes0 - s.bytes0 ELSE 0 END AS NUMERIC) + "
         "CASE WHEN i.bytes1 > s.bytes1 THEN i.bytes1 - s.bytes1 ELSE 0 END), 0) "
         "FROM pfh_incoming i JOIN states s ON s.pk = i.pk").first()
     written = conn.exec_driver_sql(
@@ -788,7 +791,7 @@ def _history_sql(conn, f, at_row, history):
         where.append("s.ended_before IS NOT NULL")
     if f.min_bytes is not None:
         params["min_bytes"] = f.min_bytes
-        where.append(f"({pick('bytes0')} + {pick('bytes1')}) >= :min_bytes")
+        where.append(f"{_bytes_sum(pick)} >= :min_bytes")
     if f.min_duration is not None:
         params["min_duration"] = f.min_duration
         where.append("(COALESCE(s.last_seen_at, :latest_at) - s.created_at) >= :min_duration")
@@ -797,7 +800,7 @@ def _history_sql(conn, f, at_row, history):
         raise ValueError(f"order must be one of {', '.join(_ORDERS)}")
     # PostgreSQL takes an output column's alias in ORDER BY only on its own,
     # not inside an expression: spell the values out.
-    order = order.replace("(v_bytes0 + v_bytes1)", f"({pick('bytes0')} + {pick('bytes1')})")
+    order = order.replace("(v_bytes0 + v_bytes1)", _bytes_sum(pick))
     sql = (
         f"SELECT {columns} "
         f"FROM states s "
@@ -810,6 +813,12 @@ def _history_sql(conn, f, at_row, history):
         + (f" ORDER BY {order}" if history else "")
         + (f" LIMIT {int(f.limit)}" if f.limit is not None else ""))
     return sql, params
+
+
+def _bytes_sum(pick):
+    """bytes0 + bytes1, in NUMERIC: each is stored up to 2**63 - 1, and PostgreSQL
+    refuses a sum out of BIGINT's range (SQLite's integers are left as they are)."""
+    return f"(CAST({pick('bytes0')} AS NUMERIC) + {pick('bytes1')})"
 
 
 def _narrowed_by_keys(f):
@@ -860,8 +869,10 @@ def summary(conn, top=5, pending=False):
     ph = _ph(conn)
 
     def talkers(dim):
+        # NUMERIC: both directions may hold up to 2**63 - 1 (see _bytes_sum).
         return [tuple(r) for r in conn.exec_driver_sql(
-            f"SELECT a.text, SUM(ru.bytes_out + ru.bytes_in) AS b, SUM(ru.states) "
+            f"SELECT a.text, SUM(CAST(ru.bytes_out AS NUMERIC) + ru.bytes_in) AS b, "
+            f"SUM(ru.states) "
             f"FROM {_ROLLUP_SOURCE[pending]} JOIN addresses a ON a.id = ru.key "
             f"WHERE ru.dim = {ph} GROUP BY a.text ORDER BY b DESC, a.text LIMIT {int(top)}",
             (dim,))]
