@@ -40,3 +40,25 @@ def big_snapshot(tmp_path_factory):
     """One snapshot of a 12,000-state firewall with ground truth."""
     return simulated(tmp_path_factory.mktemp("big-snapshot"), 12000, 0.0, seed=5,
                      creatorid=0x0BADCAFE)
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A PostgreSQL server for the session (tests/pg_server.py): a throwaway one
+    started here, or the one $PFHISTORY_TEST_PG_URL names; skipped if neither."""
+    pytest.importorskip("psycopg", reason="psycopg is not installed "
+                                          "(pip install -e '.[postgresql]')")
+    import pg_server as pg
+
+    try:
+        server = pg.server_from_env() or pg.start_server()
+    except pg.Unavailable as e:
+        pytest.skip(f"no PostgreSQL server: {e}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server):
+    """The URL (plain postgresql://, as users write it) of a new, empty database."""
+    return pg_server.create_database()

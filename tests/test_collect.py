@@ -389,9 +389,9 @@ def test_bad_inputs_write_nothing(tmp_path, small_series):
     # (a socket directory that does not exist: nothing is sent anywhere).
     assert importlib.util.find_spec("pg8000") is None, "this case needs pg8000 missing"
     nowhere = tmp_path / "no-server-here"
-    assert "no driver for 'postgresql'" in _one_sentence(
-        run_cli("collect", "--db", f"postgresql+pg8000://nobody@/x?host={nowhere}",
-                "--from-file", good))
+    line = _one_sentence(run_cli("collect", "--db", f"postgresql+pg8000://nobody@/x?host={nowhere}",
+                                 "--from-file", good))
+    assert "no driver for 'postgresql'" in line and "pfhistory[postgresql]" in line
     line = _one_sentence(run_cli("collect", "--db", f"postgresql://nobody@/x?host={nowhere}",
                                  "--from-file", good))
     assert "cannot connect to the database" in line and str(nowhere) in line
