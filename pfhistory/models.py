@@ -22,6 +22,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     SmallInteger,
     Table,
     Text,
@@ -228,15 +229,18 @@ class Sample(Base):
     __table__ = Table(
         "samples", Base.metadata,
         Column("state_pk", Integer, ForeignKey("states.pk", ondelete="CASCADE"),
-               primary_key=True),
-        Column("valid_until", Integer, primary_key=True,
+               nullable=False),
+        Column("valid_until", Integer, nullable=False,
                doc="first collection with newer values"),
         Column("valid_from", Integer, nullable=False),
         Column("present", SmallInteger, nullable=False,
                doc="1: in those collections with these values; 0: absent from them"),
         *[Column(name, Integer if name in ("timeout", "sync_flags", "updates", "state_flags")
                  else BigInteger, nullable=False) for name in DYNAMIC_STATE_FIELDS],
-        Index("ix_samples_valid_until", "valid_until"),
+        # By time first: a collection's samples are appended together and
+        # expiry takes them from the front (migration 0008 says why).
+        PrimaryKeyConstraint("valid_until", "state_pk"),
+        Index("ix_samples_state_pk", "state_pk", "valid_until"),
         sqlite_with_rowid=False,
     )
 
@@ -250,12 +254,13 @@ class PeerSample(Base):
     __table__ = Table(
         "peer_samples", Base.metadata,
         Column("state_pk", Integer, ForeignKey("states.pk", ondelete="CASCADE"),
-               primary_key=True),
-        Column("valid_until", Integer, primary_key=True,
+               nullable=False),
+        Column("valid_until", Integer, nullable=False,
                doc="first collection with newer peers"),
         *_peer_columns("src_"),
         *_peer_columns("dst_"),
-        Index("ix_peer_samples_valid_until", "valid_until"),
+        PrimaryKeyConstraint("valid_until", "state_pk"),
+        Index("ix_peer_samples_state_pk", "state_pk", "valid_until"),
         sqlite_with_rowid=False,
     )
 
