@@ -55,6 +55,12 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
+# states.pk and the columns that refer to it: 64-bit on PostgreSQL, where
+# INTEGER is 32 (a busy firewall's states would outgrow it in a month);
+# INTEGER on SQLite, 64-bit there, where states.pk must be it to be the rowid.
+STATE_PK = BigInteger().with_variant(Integer(), "sqlite")
+
+
 def _int(**kw):
     return mapped_column(Integer, **kw)
 
@@ -125,7 +131,7 @@ class State(Base):
         Index("ix_states_ifname", "ifname"),
     )
 
-    pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    pk: Mapped[int] = mapped_column(STATE_PK, primary_key=True, autoincrement=False)
     creatorid: Mapped[int] = _big()
     state_id: Mapped[int] = _big(doc="PF's 64-bit id, as signed two's complement")
     ifname: Mapped[str] = mapped_column(Text)
@@ -185,7 +191,7 @@ class StateKey(Base):
         for col in ("addr0", "addr1", "port0", "port1")) + ({"sqlite_with_rowid": False},)
 
     state_pk: Mapped[int] = mapped_column(
-        Integer, ForeignKey("states.pk", ondelete="CASCADE"), primary_key=True)
+        STATE_PK, ForeignKey("states.pk", ondelete="CASCADE"), primary_key=True)
     side: Mapped[int] = mapped_column(SmallInteger, primary_key=True,
                                       doc="0 = PF_SK_WIRE, 1 = PF_SK_STACK")
     af: Mapped[int] = _small()
@@ -209,7 +215,7 @@ class StatePeer(Base):
 
     __table__ = Table(
         "state_peers", Base.metadata,
-        Column("state_pk", Integer, ForeignKey("states.pk", ondelete="CASCADE"),
+        Column("state_pk", STATE_PK, ForeignKey("states.pk", ondelete="CASCADE"),
                primary_key=True),
         Column("side", SmallInteger, primary_key=True,
                doc="0 = the record's src, 1 = its dst"),
@@ -228,7 +234,7 @@ class Sample(Base):
 
     __table__ = Table(
         "samples", Base.metadata,
-        Column("state_pk", Integer, ForeignKey("states.pk", ondelete="CASCADE"),
+        Column("state_pk", STATE_PK, ForeignKey("states.pk", ondelete="CASCADE"),
                nullable=False),
         Column("valid_until", Integer, nullable=False,
                doc="first collection with newer values"),
@@ -253,7 +259,7 @@ class PeerSample(Base):
 
     __table__ = Table(
         "peer_samples", Base.metadata,
-        Column("state_pk", Integer, ForeignKey("states.pk", ondelete="CASCADE"),
+        Column("state_pk", STATE_PK, ForeignKey("states.pk", ondelete="CASCADE"),
                nullable=False),
         Column("valid_until", Integer, nullable=False,
                doc="first collection with newer peers"),

@@ -436,6 +436,8 @@ def test_counters_that_jump_to_the_cap(pg_url, tmp_path):
     assert _query(pg_url, "SELECT packets, bytes FROM collections WHERE id = 2") == \
         [(cap, cap)]
     assert _dump(pg_url) == _dump(sqlite)
+    # The connections view sums both directions in NUMERIC (migration 0009).
+    assert _query(pg_url, "SELECT bytes FROM connections") == [(2 * cap,)]
     summary = _ok(run_cli("summary", "--db", pg_url))
     # Both sides moved 2**63 - 2 in the hour: their sum, exactly.
     assert f"{2 * (cap - 1):,} bytes" in summary
