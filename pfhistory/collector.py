@@ -45,7 +45,8 @@ _U32 = 0xFFFFFFFF
 # and diffed chunks at most waiting for it to end.
 _APPLY_BATCH = 65536
 _MAX_PENDING_CHUNKS = 8
-# Samples deleted per statement while expiring, so the write lock is short.
+# Samples expired per collection at most: max_batches times this, so that a
+# backlog (a retention just shortened) is worked off over several runs.
 _EXPIRE_BATCH = 20000
 
 
@@ -511,7 +512,8 @@ def record_snapshot(engine, snapshot, host=None, sample_retention=DEFAULT_SAMPLE
 
 def expire_samples(conn, before_at, max_batches=50):
     """Drop samples (values, then peers) only collections before before_at
-    needed, in batches. Returns how many values samples were dropped."""
+    needed, at most max_batches * _EXPIRE_BATCH of each. Returns how many
+    values samples were dropped."""
     first_kept = queries.collection_before(conn, before_at)
     if first_kept is None:
         return 0
@@ -521,12 +523,13 @@ def expire_samples(conn, before_at, max_batches=50):
 
 
 def _expire(conn, first_kept, max_batches, peers):
+    most = _EXPIRE_BATCH * max_batches
     dropped = 0
-    for _ in range(max_batches):
-        n = queries.expire_samples(conn, first_kept, _EXPIRE_BATCH, peers=peers)
-        dropped += n
-        if n < _EXPIRE_BATCH:
+    while dropped < most:
+        n = queries.expire_samples(conn, first_kept, most - dropped, peers=peers)
+        if n == 0:
             break
+        dropped += n
     return dropped
 
 

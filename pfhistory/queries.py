@@ -409,20 +409,34 @@ def reopen_states(conn, rows, collection_id):
 def expire_samples(conn, before_collection_id, limit, peers=False):
     """Delete up to limit samples (with peers, peer samples) no longer needed
     for collections before before_collection_id (absences are kept: they make
-    lifetimes exact). Returns how many were deleted."""
+    lifetimes exact). Returns how many were deleted.
+
+    Samples are keyed by time, so the oldest go as one range of the primary
+    key, cut between collections where more than limit would go; only when
+    the oldest collection alone holds more are they picked one by one."""
     ph = _ph(conn)
     if peers:
         # Never ahead of the values: a values sample left over (a capped pass) still
         # takes its peers from the first peer sample at or after its valid_until.
         table, kept = "peer_samples", (
-            " AND NOT EXISTS (SELECT 1 FROM samples x WHERE x.state_pk = p.state_pk "
-            "AND x.present = 1 AND x.valid_until <= p.valid_until)")
+            " AND NOT EXISTS (SELECT 1 FROM samples x WHERE x.state_pk = {t}.state_pk "
+            "AND x.present = 1 AND x.valid_until <= {t}.valid_until)")
     else:
-        table, kept = "samples", " AND present = 1"
+        table, kept = "samples", " AND {t}.present = 1"
+    limit = int(limit)
+    cut = conn.exec_driver_sql(
+        f"SELECT valid_until FROM {table} WHERE valid_until <= {ph} "
+        f"ORDER BY valid_until LIMIT 1 OFFSET {limit}", (before_collection_id,)).scalar()
+    bound = (f"valid_until <= {ph}", before_collection_id) if cut is None else \
+        (f"valid_until < {ph}", cut)
+    deleted = conn.exec_driver_sql(
+        f"DELETE FROM {table} WHERE {bound[0]}{kept.format(t=table)}", (bound[1],)).rowcount
+    if deleted > 0 or cut is None:
+        return max(deleted, 0)
     return conn.exec_driver_sql(
         f"DELETE FROM {table} WHERE (state_pk, valid_until) IN ("
         f"SELECT state_pk, valid_until FROM {table} p "
-        f"WHERE valid_until <= {ph}{kept} LIMIT {int(limit)})",
+        f"WHERE valid_until <= {ph}{kept.format(t='p')} LIMIT {limit})",
         (before_collection_id,)).rowcount
 
 
