@@ -720,8 +720,11 @@ def _history_sql(conn, f, at_row, history):
         # [valid_from, valid_until), so at most one holds collection c.
         # Its peers then are those of its first peer sample after c, if any:
         # peers change only where values do, so only where a sample holds c.
-        sample_join = ("LEFT JOIN samples x ON x.state_pk = s.pk "
-                       "AND x.valid_until > :c AND x.valid_from <= :c "
+        # The first sample after c, found in the narrow index, holds c if it
+        # began by c: one lookup of a row per state, not one per later sample.
+        sample_join = ("LEFT JOIN samples x ON x.state_pk = s.pk AND x.valid_until = "
+                       "(SELECT min(w.valid_until) FROM samples w WHERE w.state_pk = s.pk "
+                       "AND w.valid_until > :c) AND x.valid_from <= :c "
                        "LEFT JOIN peer_samples y ON x.state_pk IS NOT NULL "
                        "AND y.state_pk = s.pk AND y.valid_until = (SELECT min(z.valid_until) "
                        "FROM peer_samples z WHERE z.state_pk = s.pk AND z.valid_until > :c)"
