@@ -262,7 +262,9 @@ def sample_bytes(db):
     return None if None in sizes else sum(sizes)
 
 
-def bench(states, work):
+def first_snapshot(states, work):
+    """The simulated first snapshot of a firewall of that many states, dated T0;
+    made once and kept in work."""
     from pfhistory.simulate import SimulationConfig, simulate
 
     work.mkdir(parents=True, exist_ok=True)
@@ -274,6 +276,11 @@ def bench(states, work):
         (_, path), = simulate(cfg, work / f"sim-{states}", truth=False).snapshots
         path.rename(first)
         os.utime(first, (T0, T0))
+    return first
+
+
+def bench(states, work):
+    first = first_snapshot(states, work)
     steady = make_steady(first, work / f"steady-{states}.pfstate")
     n_first = first.stat().st_size // RECORD
     n_steady = steady.stat().st_size // RECORD

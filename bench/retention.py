@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from collect import T0, make_steady  # noqa: E402
+from collect import T0, first_snapshot, make_steady  # noqa: E402
 
 _RUN = ("import sys, time; from pfhistory.cli import main; t = time.perf_counter(); "
         "rc = main(['collect', '--db', sys.argv[1], '--from-file', sys.argv[2], '--at', "
@@ -33,19 +33,6 @@ _RUN = ("import sys, time; from pfhistory.cli import main; t = time.perf_counter
         "io = dict(line.split(': ') for line in open('/proc/self/io').read().splitlines()) "
         "if __import__('os').path.exists('/proc/self/io') else {'write_bytes': -1}; "
         "print(wall, time.process_time(), io['write_bytes']); sys.exit(rc)")
-
-
-def first_snapshot(states, work):
-    from pfhistory.simulate import SimulationConfig, simulate
-
-    first = work / f"first-{states}.pfstate"
-    if not first.exists():
-        cfg = SimulationConfig(states=states, interval=60.0, duration=0.0, seed=1,
-                               start=datetime.fromtimestamp(T0, timezone.utc),
-                               creatorid=0x1A2B3C4D, missing=())
-        (_, path), = simulate(cfg, work / f"sim-{states}", truth=False).snapshots
-        path.rename(first)
-    return first
 
 
 def collect(db, snapshot, at, retention):
