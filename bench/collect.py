@@ -1,6 +1,6 @@
 """Collector speed, memory and database growth, beside a plain-sqlite3 baseline.
 
-Usage:  python bench/collect.py [--states 100000 1000000] [--keep DIR]
+Usage:  python bench/collect.py [--states 100000 1000000] [--repeat 3] [--keep DIR]
 
 For each size: a simulated snapshot (the first collection), then a steady-state
 snapshot made from it: 5% of states gone, 5% new, every other state with
@@ -19,6 +19,7 @@ import os
 import random
 import resource
 import sqlite3
+import statistics
 import struct
 import subprocess
 import sys
@@ -279,50 +280,64 @@ def first_snapshot(states, work):
     return first
 
 
-def bench(states, work):
+def measure(label, states, work, first, steady):
+    """One run of a collector (pfhistory, or the baseline): a fresh database, the
+    first collection, then the steady one; their times and the database growth."""
+    runner = run_baseline if label == "baseline" else None
+    n_first = first.stat().st_size // RECORD
+    db = work / f"{label}-{states}.db"
+    for p in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+        if p.exists():
+            p.unlink()
+    # Both start from pfhistory's schema (made by `pfhistory db upgrade`).
+    subprocess.run([sys.executable, "-m", "pfhistory", "db", "upgrade", "--db", str(db)],
+                   check=True, capture_output=True)
+    checkpoint(db)
+    empty = db_size(db)
+    s1, c1, m1 = run_collect(db, first) if runner is None else runner(db, first, 1)
+    checkpoint(db)
+    after_first = db_size(db)
+    samples_before = sample_bytes(db) or 0
+    s2, c2, m2 = run_collect(db, steady) if runner is None else runner(db, steady, 2)
+    checkpoint(db)
+    samples_after = sample_bytes(db)
+    return {
+        "first_s": s1, "first_cpu": c1, "first_rss": m1,
+        "steady_s": s2, "steady_cpu": c2, "steady_rss": m2,
+        "bytes_per_state": (after_first - empty) / n_first,
+        "sample_bytes": None if samples_after is None else samples_after - samples_before,
+    }
+
+
+def bench(states, work, repeat=3):
     first = first_snapshot(states, work)
     steady = make_steady(first, work / f"steady-{states}.pfstate")
     n_first = first.stat().st_size // RECORD
     n_steady = steady.stat().st_size // RECORD
 
-    results = {}
-    for label, runner in (("pfhistory", None), ("baseline", run_baseline)):
-        db = work / f"{label}-{states}.db"
-        for p in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
-            if p.exists():
-                p.unlink()
-        # Both start from pfhistory's schema (made by `pfhistory db upgrade`).
-        subprocess.run([sys.executable, "-m", "pfhistory", "db", "upgrade", "--db", str(db)],
-                       check=True, capture_output=True)
-        checkpoint(db)
-        empty = db_size(db)
-        if runner is None:
-            s1, c1, m1 = run_collect(db, first)
-        else:
-            s1, c1, m1 = runner(db, first, 1)
-        checkpoint(db)
-        after_first = db_size(db)
-        samples_before = sample_bytes(db) or 0
-        if runner is None:
-            s2, c2, m2 = run_collect(db, steady)
-        else:
-            s2, c2, m2 = runner(db, steady, 2)
-        checkpoint(db)
-        samples_after = sample_bytes(db)
-        results[label] = {
-            "first_s": s1, "first_cpu": c1, "first_rss": m1,
-            "steady_s": s2, "steady_cpu": c2, "steady_rss": m2,
-            "bytes_per_state": (after_first - empty) / n_first,
-            "sample_bytes": None if samples_after is None else samples_after - samples_before,
-        }
+    # The two collectors take turns, repeat times each, and each figure is the
+    # median of its runs: on a shared machine one run can be a quarter slower
+    # than the next for reasons of its neighbours.
+    runs = {"pfhistory": [], "baseline": []}
+    for _ in range(repeat):
+        for label, got in runs.items():
+            got.append(measure(label, states, work, first, steady))
+    results = {label: {key: statistics.median(run[key] for run in got)
+                       if key.endswith(("_s", "_cpu", "_rss")) else got[-1][key]
+                       for key in got[0]}
+               for label, got in runs.items()}
+    for label, got in runs.items():
+        results[label]["runs"] = got
     p, b = results["pfhistory"], results["baseline"]
-    print(f"\n== {states:,} states (first collection {n_first:,} states, steady {n_steady:,}) ==")
-    print(f"{'':28}{'pfhistory':>14}{'baseline':>14}{'ratio':>8}")
+    print(f"\n== {states:,} states (first collection {n_first:,} states, steady {n_steady:,}; "
+          f"median of {repeat} runs each) ==")
+    print(f"{'':28}{'pfhistory':>14}{'baseline':>14}{'ratio':>8}   pfhistory's runs")
     # CPU seconds of the collecting process: on a shared machine, wall time
     # also counts the time other processes held the CPU.
     for name, key in (("first collection, s", "first_s"), ("steady collection, s", "steady_s"),
                       ("first, CPU s", "first_cpu"), ("steady, CPU s", "steady_cpu")):
-        print(f"{name:28}{p[key]:>14.2f}{b[key]:>14.2f}{p[key] / b[key]:>8.2f}")
+        each = " ".join(f"{run[key]:.1f}" for run in runs["pfhistory"])
+        print(f"{name:28}{p[key]:>14.2f}{b[key]:>14.2f}{p[key] / b[key]:>8.2f}   {each}")
     for name, key, n in (("first, states/s", "first_s", n_first),
                          ("steady, states/s", "steady_s", n_steady)):
         print(f"{name:28}{n / p[key]:>14,.0f}{n / b[key]:>14,.0f}")
@@ -343,13 +358,17 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--states", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--keep", default=str(Path(__file__).resolve().parent / "out" / "collect"))
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs of each collector per size; figures are their medians")
     parser.add_argument("--baseline", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.baseline:
         db, snapshot, cid = args.baseline
         baseline(db, snapshot, int(cid))
         return
-    all_results = {n: bench(n, Path(args.keep)) for n in args.states}
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    all_results = {n: bench(n, Path(args.keep), args.repeat) for n in args.states}
     Path(args.keep, "results.json").write_text(json.dumps(all_results, indent=2))
 
 

@@ -89,17 +89,26 @@ def test_newer_schema_is_refused(tmp_path, small_series):
     assert len(result.stderr.splitlines()) == 1
 
 
-def test_older_schema_is_refused_with_the_command(tmp_path, small_series, monkeypatch):
+def test_older_schema_is_refused_with_the_command(tmp_path, small_series):
     path = tmp_path / "h.db"
-    assert run_cli("db", "upgrade", "--db", path).returncode == 0
-    url, engine = _engine(path, create=False)
-    heads = ScriptDirectory.from_config(db.alembic_config(url)).get_heads()
-    # Pretend the database is at an older, known revision.
-    monkeypatch.setattr(db, "_heads", lambda _url: {"a-newer-head"})
-    with pytest.raises(db.DatabaseError) as e:
-        db.require_current_schema(engine, url, create=True)
-    assert f"pfhistory db upgrade --db sqlite:///{path}" in str(e.value)
-    assert heads
+    url, engine = _engine(path)
+    db.upgrade(engine, url, "0008")
+    engine.dispose()
+    result = run_cli("collect", "--db", path, "--from-file", small_series.snapshots[0][1])
+    assert result.returncode == 1
+    assert result.stderr.strip() == (f"pfhistory: sqlite:///{path}: its schema (0008) is older "
+                                     f"than this pfhistory's; run: pfhistory db upgrade "
+                                     f"--db sqlite:///{path}")
+    con = sqlite3.connect(path)
+    assert con.execute("SELECT count(*) FROM collections").fetchone() == (0,)
+    con.close()
+
+
+def test_the_head_known_without_alembic_is_alembics(tmp_path):
+    # require_current_schema takes a database at SCHEMA_HEAD as current without
+    # loading the migrations: a new migration must move it.
+    url, _ = _engine(tmp_path / "h.db")
+    assert ScriptDirectory.from_config(db.alembic_config(url)).get_heads() == [db.SCHEMA_HEAD]
 
 
 def test_a_database_that_is_not_pfhistorys(tmp_path, small_series):
