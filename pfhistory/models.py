@@ -33,7 +33,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = ["Base", "Collection", "Address", "State", "StateKey", "StatePeer", "Sample",
            "PeerSample", "Rollup", "RollupHour", "PartialState", "Protocol", "Setting",
-           "PEER_FIELDS", "DYNAMIC_STATE_FIELDS"]
+           "PEER_FIELDS", "DYNAMIC_STATE_FIELDS", "SAMPLE_INDEXED"]
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -47,6 +47,8 @@ NAMING = {
 PEER_FIELDS = ("seqlo", "seqhi", "seqdiff", "max_win", "mss", "state", "wscale",
                "pfss_flags", "pfss_ttl", "scrub_flag", "pfss_ts_mod")
 # State fields that may change while it lives (besides its two peers).
+# The samples in ix_samples_state_pk (see Sample).
+SAMPLE_INDEXED = "valid_until - valid_from > 1 OR present = 0"
 DYNAMIC_STATE_FIELDS = ("created_at", "expires_at", "packets0", "packets1", "bytes0",
                         "bytes1", "timeout", "sync_flags", "updates", "state_flags")
 
@@ -246,7 +248,16 @@ class Sample(Base):
         # By time first: a collection's samples are appended together and
         # expiry takes them from the front (migration 0008 says why).
         PrimaryKeyConstraint("valid_until", "state_pk"),
-        Index("ix_samples_state_pk", "state_pk", "valid_until"),
+        # By state, on SQLite only the samples the primary key cannot find
+        # (migration 0010): a sample that ends at the collection after c holds
+        # c, and is found at (c + 1, state). Indexed are those that span more
+        # than one collection, and absences. Most samples of a busy table last
+        # one collection: they stay out of this index, which would otherwise
+        # take a write at a random place for every changed state in every
+        # collection. PostgreSQL keeps every sample here: its cascade from
+        # states (enforced on every delete) finds a state's samples by it.
+        Index("ix_samples_state_pk", "state_pk", "valid_until",
+              sqlite_where=text(SAMPLE_INDEXED)),
         sqlite_with_rowid=False,
     )
 

@@ -9,11 +9,12 @@ understand. Placeholders follow the driver's paramstyle.
 import sqlite3
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import bindparam, delete, func, select, text, update
 
 from pfhistory.models import (
     DYNAMIC_STATE_FIELDS,
     PEER_FIELDS,
+    SAMPLE_INDEXED,
     Address,
     Collection,
     PeerSample,
@@ -304,6 +305,22 @@ _BOTH_PEERS = ("JOIN state_peers ps ON ps.state_pk = s.pk AND ps.side = 0 "
                "JOIN state_peers pd ON pd.state_pk = s.pk AND pd.side = 1")
 
 
+def _sample_after(state, c):
+    """SQL: valid_until of the sample of state (a states alias) that holds
+    collection c (an SQL expression) if any does; else of some later sample, or
+    NULL: the reader checks valid_from <= c. The sample ending at c + 1 is one
+    lookup of the primary key; a sample holding c that ends later spans more
+    than one collection, so ix_samples_state_pk has it (models.Sample; on
+    PostgreSQL it has every sample, and the condition only filters)."""
+    return (f"COALESCE((SELECT w.valid_until FROM samples w WHERE w.valid_until = {c} + 1 "
+            f"AND w.state_pk = {state}.pk), (SELECT min(w.valid_until) FROM samples w "
+            f"WHERE w.state_pk = {state}.pk AND w.valid_until > {c} AND "
+            f"({_SAMPLE_INDEXED_W})))")
+
+
+_SAMPLE_INDEXED_W = SAMPLE_INDEXED.replace("valid_", "w.valid_").replace("present", "w.present")
+
+
 def apply_staged(conn, collection_id, count_moved=True):
     """Move the staged states' previous values to samples and take the new ones.
 
@@ -417,10 +434,13 @@ def expire_samples(conn, before_collection_id, limit, peers=False):
     ph = _ph(conn)
     if peers:
         # Never ahead of the values: a values sample left over (a capped pass) still
-        # takes its peers from the first peer sample at or after its valid_until.
-        table, kept = "peer_samples", (
-            " AND NOT EXISTS (SELECT 1 FROM samples x WHERE x.state_pk = {t}.state_pk "
-            "AND x.present = 1 AND x.valid_until <= {t}.valid_until)")
+        # takes its peers from the first peer sample at or after its valid_until, so
+        # only peer samples before the oldest values sample left go.
+        oldest = conn.exec_driver_sql(
+            "SELECT min(valid_until) FROM samples WHERE present = 1").scalar()
+        if oldest is not None:
+            before_collection_id = min(before_collection_id, oldest - 1)
+        table, kept = "peer_samples", ""
     else:
         table, kept = "samples", " AND {t}.present = 1"
     limit = int(limit)
@@ -453,7 +473,23 @@ def prune_states_batch(conn, before_at, limit, rolled_up_to=None):
         (before_at,))]
     if not pks:
         return 0
-    for table in (Sample, PeerSample, StatePeer, StateKey):
+    if conn.dialect.name == "sqlite":
+        # Samples of one collection are not in SQLite's index by state (models.Sample):
+        # they are found by the primary key, at each collection of the states'
+        # lives from the oldest such sample kept (none, once expiry took them).
+        oldest = conn.exec_driver_sql(
+            "SELECT min(valid_until) FROM samples WHERE present = 1").scalar()
+        if oldest is not None:
+            conn.execute(text(
+                "DELETE FROM samples WHERE (valid_until, state_pk) IN (SELECT c.id, s.pk "
+                "FROM states s JOIN collections c ON c.id > s.first_seen "
+                "AND c.id <= s.ended_before AND c.id >= :oldest WHERE s.pk IN :pks)")
+                .bindparams(bindparam("pks", expanding=True)), {"pks": pks, "oldest": oldest})
+        conn.execute(delete(Sample).where(Sample.state_pk.in_(pks),
+                                          text(f"({SAMPLE_INDEXED})")))
+    else:
+        conn.execute(delete(Sample).where(Sample.state_pk.in_(pks)))
+    for table in (PeerSample, StatePeer, StateKey):
         conn.execute(delete(table).where(table.state_pk.in_(pks)))
     conn.execute(delete(State).where(State.pk.in_(pks)))
     return len(pks)
@@ -720,11 +756,10 @@ def _history_sql(conn, f, at_row, history):
         # [valid_from, valid_until), so at most one holds collection c.
         # Its peers then are those of its first peer sample after c, if any:
         # peers change only where values do, so only where a sample holds c.
-        # The first sample after c, found in the narrow index, holds c if it
-        # began by c: one lookup of a row per state, not one per later sample.
-        sample_join = ("LEFT JOIN samples x ON x.state_pk = s.pk AND x.valid_until = "
-                       "(SELECT min(w.valid_until) FROM samples w WHERE w.state_pk = s.pk "
-                       "AND w.valid_until > :c) AND x.valid_from <= :c "
+        # The first sample after c holds c if it began by c: found by one or
+        # two lookups per state (_sample_after), not by walking later samples.
+        sample_join = (f"LEFT JOIN samples x ON x.state_pk = s.pk AND x.valid_until = "
+                       f"{_sample_after('s', ':c')} AND x.valid_from <= :c "
                        "LEFT JOIN peer_samples y ON x.state_pk IS NOT NULL "
                        "AND y.state_pk = s.pk AND y.valid_until = (SELECT min(z.valid_until) "
                        "FROM peer_samples z WHERE z.state_pk = s.pk AND z.valid_until > :c)"
@@ -1027,8 +1062,8 @@ def _rollup_versions(column):
 # is new in the hour and then whether it was half-open (TCP, both peers before
 # ESTABLISHED at its first observation), and what each counter moved in the hour. The
 # versions of its values come from the row itself or from samples, each found through
-# the primary key (state_pk, the first valid_until after that collection): e at the
-# hour's last collection, f at the one before the hour, n at its first observation;
+# the sample holding that collection (_sample_after): e at the hour's last
+# collection, f at the one before the hour, n at its first observation;
 # the peers then from its first peer sample np, else (they never changed) its own.
 _ROLLUP_HOUR_SQL = (
     "SELECT s.pk, s.direction, s.proto, s.rule, s.anchor, s.ifname, "
@@ -1045,14 +1080,13 @@ _ROLLUP_HOUR_SQL = (
     "JOIN state_keys wk ON wk.state_pk = s.pk AND wk.side = 0 "
     "JOIN state_keys sk ON sk.state_pk = s.pk AND sk.side = 1 "
     "LEFT JOIN samples e ON s.values_since > :last AND e.state_pk = s.pk "
-    "AND e.valid_until = (SELECT min(x.valid_until) FROM samples x "
-    "WHERE x.state_pk = s.pk AND x.valid_until > :last) "
+    f"AND e.valid_until = {_sample_after('s', ':last')} "
     "LEFT JOIN samples f ON s.first_seen <= :before AND f.state_pk = s.pk "
-    "AND f.valid_until = (SELECT min(x.valid_until) FROM samples x "
-    "WHERE x.state_pk = s.pk AND x.valid_until > :before) "
+    f"AND f.valid_until = {_sample_after('s', ':before')} "
     "LEFT JOIN samples n ON s.first_seen > :before AND s.values_since > s.first_seen "
     "AND (s.proto = 6 OR s.first_seen = :first_id) AND n.state_pk = s.pk "
-    "AND n.valid_until = (SELECT min(x.valid_until) FROM samples x WHERE x.state_pk = s.pk) "
+    f"AND n.valid_until = {_sample_after('s', 's.first_seen')} "
+    "AND n.valid_from = s.first_seen "
     "LEFT JOIN peer_samples np ON n.state_pk IS NOT NULL AND s.proto = 6 "
     "AND np.state_pk = s.pk AND np.valid_until = "
     "(SELECT min(x.valid_until) FROM peer_samples x WHERE x.state_pk = s.pk) "

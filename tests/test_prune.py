@@ -32,6 +32,12 @@ def test_prune_deletes_ended_states_and_keeps_the_rest(recorded):
     con = sqlite3.connect(db)
     before_total = _count(con, "SELECT count(*) FROM states")
     doomed = _count(con, "SELECT count(*) FROM states WHERE ended_before_at <= ?", cutoff)
+    # Their samples include both kinds: those of one collection, which only the
+    # primary key finds, and longer ones, in the index by state (migration 0010).
+    for kind in ("=", ">"):
+        assert _count(con, f"SELECT count(*) FROM samples WHERE valid_until - valid_from {kind} 1 "
+                           f"AND state_pk IN (SELECT pk FROM states WHERE ended_before_at <= ?)",
+                      cutoff) > 0
     open_before = _count(con, "SELECT count(*) FROM states WHERE ended_before IS NULL")
     collections = _count(con, "SELECT count(*) FROM collections")
     con.close()
