@@ -72,11 +72,21 @@ def _sqlite_file(url):
     return None if not db or db == ":memory:" else Path(db)
 
 
+# Bytes of the header every SQLite database file begins with.
+_SQLITE_HEADER_SIZE = 100
+
+
 def _prepare_sqlite_file(path, create):
     """Create the file's directory (0700) and the file (0600) if asked."""
     if path.exists():
         if path.is_dir():
             raise DatabaseError(f"{path}: is a directory, not a database")
+        if 0 < path.stat().st_size < _SQLITE_HEADER_SIZE:
+            # Too short for SQLite's header: SQLite would take it for an empty
+            # database and write over it.
+            size = path.stat().st_size
+            raise DatabaseError(f"{path}: is not a SQLite database ({size} "
+                                f"byte{'s' if size > 1 else ''}, too short to be one)")
         return
     if not create:
         raise DatabaseError(f"{path}: no such database (run `pfhistory collect` first)")
@@ -252,10 +262,14 @@ def _recorded_revision(engine):
 def schema_status(engine, url):
     """("empty" | "current" | "old" | "newer" | "foreign", revision or None)."""
     from alembic.migration import MigrationContext
+    from alembic.util import CommandError
 
     with engine.connect() as conn:
         tables = set(inspect(conn).get_table_names())
-        current = MigrationContext.configure(conn).get_current_revision()
+        try:
+            current = MigrationContext.configure(conn).get_current_revision()
+        except CommandError:
+            return "foreign", None      # alembic_version holds several revisions
     if not tables:
         return "empty", None
     if current is None:
@@ -294,7 +308,7 @@ def _refuse_foreign_or_newer(status, revision, url):
     """Databases no migration of ours may touch."""
     if status == "foreign":
         raise DatabaseError(f"{_shown(url)}: is not a pfhistory database "
-                            f"(it has tables but no pfhistory schema version)")
+                            f"(it has tables but no single pfhistory schema version)")
     if status == "newer":
         raise DatabaseError(f"{_shown(url)}: its schema ({revision}) is newer than this "
                             f"pfhistory knows; upgrade pfhistory")

@@ -124,6 +124,25 @@ def test_a_database_that_is_not_pfhistorys(tmp_path, small_series):
     result = run_cli("collect", "--db", junk, "--from-file", small_series.snapshots[0][1])
     assert result.returncode == 1 and "not a pfhistory database" in result.stderr
     assert "Traceback" not in result.stderr
+    # Too short for SQLite's header: SQLite would write a database over it.
+    short = tmp_path / "short.db"
+    short.write_bytes(b"x")
+    result = run_cli("collect", "--db", short, "--from-file", small_series.snapshots[0][1])
+    assert result.returncode == 1
+    assert result.stderr == f"pfhistory: {short}: is not a SQLite database (1 byte, too short " \
+                            f"to be one)\n"
+    assert short.read_bytes() == b"x"
+    # A version table with two revisions is no schema of ours either.
+    two = tmp_path / "two.db"
+    con = sqlite3.connect(two)
+    con.execute("CREATE TABLE alembic_version (version_num TEXT)")
+    con.execute("INSERT INTO alembic_version VALUES ('0010'), ('0009')")
+    con.commit()
+    con.close()
+    for args in (("collect", "--from-file", small_series.snapshots[0][1]), ("db", "upgrade")):
+        result = run_cli(*args, "--db", two)
+        assert result.returncode == 1, args
+        assert "is not a pfhistory database" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_db_upgrade_refuses_a_foreign_database(tmp_path):
