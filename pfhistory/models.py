@@ -46,9 +46,9 @@ NAMING = {
 # The PFStatePeer fields, in py-pf's order.
 PEER_FIELDS = ("seqlo", "seqhi", "seqdiff", "max_win", "mss", "state", "wscale",
                "pfss_flags", "pfss_ttl", "scrub_flag", "pfss_ts_mod")
-# State fields that may change while it lives (besides its two peers).
-# The samples in ix_samples_state_pk (see Sample).
+# The samples in ix_samples_state_pk on SQLite (see Sample).
 SAMPLE_INDEXED = "valid_until - valid_from > 1 OR present = 0"
+# State fields that may change while it lives (besides its two peers).
 DYNAMIC_STATE_FIELDS = ("created_at", "expires_at", "packets0", "packets1", "bytes0",
                         "bytes1", "timeout", "sync_flags", "updates", "state_flags")
 
