@@ -89,7 +89,8 @@ def _extreme_states(packets):
     ]
 
 
-def test_fields_at_their_extremes_come_back_byte_for_byte(tmp_path):
+def _extreme_snapshots(tmp_path):
+    """Two state files of _extreme_states a minute apart: [(when, path)]."""
     t0 = 1_795_000_000
     snapshots = []
     for k, packets in enumerate((5, 6)):
@@ -97,6 +98,11 @@ def test_fields_at_their_extremes_come_back_byte_for_byte(tmp_path):
         path.write_bytes(b"".join(_extreme_states(packets)))
         os.utime(path, (t0 + 60 * k, t0 + 60 * k))
         snapshots.append((datetime.fromtimestamp(t0 + 60 * k, timezone.utc), path))
+    return snapshots
+
+
+def test_fields_at_their_extremes_come_back_byte_for_byte(tmp_path):
+    snapshots = _extreme_snapshots(tmp_path)
     db = tmp_path / "h.db"
     result = run_cli("collect", "--db", db, "--from-file", *[p for _t, p in snapshots])
     assert result.returncode == 0, result.stderr

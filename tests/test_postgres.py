@@ -388,20 +388,13 @@ def test_fields_at_their_extremes_come_back_byte_for_byte(pg_url, tmp_path):
     narrow field full: BIGINT's limits, not SQLite's."""
     from pfhistory.history import History
     from pfhistory.pfctl_text import format_records
-    from test_history import _extreme_states
+    from test_history import _extreme_snapshots
 
-    t0 = 1_795_000_000
-    files = []
-    for k, packets in enumerate((5, 6)):
-        path = tmp_path / f"{k}.pf"
-        path.write_bytes(b"".join(_extreme_states(packets)))
-        os.utime(path, (t0 + 60 * k, t0 + 60 * k))
-        files.append(path)
+    snapshots = _extreme_snapshots(tmp_path)
     sqlite = tmp_path / "h.db"
-    _on_both((pg_url, sqlite), "collect", "--from-file", *files)
+    _on_both((pg_url, sqlite), "collect", "--from-file", *[p for _t, p in snapshots])
     with History(pg_url) as h:
-        for k, path in enumerate(files):
-            when = datetime.fromtimestamp(t0 + 60 * k, timezone.utc)
+        for when, path in snapshots:
             data = path.read_bytes()
             assert h.table_at(when) == format_records(data, 2)
             assert sorted(s.record for s in h.states(at=when)) == sorted(_records(data))
