@@ -9,7 +9,7 @@ understand. Placeholders follow the driver's paramstyle.
 import sqlite3
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, delete, func, select, text, update
+from sqlalchemy import delete, func, select, text, update
 
 from pfhistory.models import (
     DYNAMIC_STATE_FIELDS,
@@ -17,7 +17,6 @@ from pfhistory.models import (
     SAMPLE_INDEXED,
     Address,
     Collection,
-    PeerSample,
     RollupHour,
     Sample,
     Setting,
@@ -464,15 +463,21 @@ def prune_states_batch(conn, before_at, limit, rolled_up_to=None):
     """Delete up to limit states that ended before before_at, with their keys,
     peers and samples of values and of peers; only those that ended by collection
     rolled_up_to, if given (the hours not yet in rollups still need the others).
-    Returns how many states were deleted."""
+    Returns how many states were deleted.
+
+    The batch's pks go through a staging table, not IN lists: a batch may hold
+    more states than a statement may have parameters (32,766 in SQLite's default
+    build, 65,535 in PostgreSQL's protocol)."""
     ph = _ph(conn)
     rolled = "" if rolled_up_to is None else f"AND ended_before <= {int(rolled_up_to)} "
-    pks = [r[0] for r in conn.exec_driver_sql(
-        f"SELECT pk FROM states WHERE ended_before_at IS NOT NULL "
+    _temp_table(conn, "pfh_pruning", "pk BIGINT")
+    n = conn.exec_driver_sql(
+        f"INSERT INTO pfh_pruning SELECT pk FROM states WHERE ended_before_at IS NOT NULL "
         f"AND ended_before_at <= {ph} {rolled}ORDER BY ended_before_at LIMIT {int(limit)}",
-        (before_at,))]
-    if not pks:
+        (before_at,)).rowcount
+    if n <= 0:
         return 0
+    batch = "(SELECT pk FROM pfh_pruning)"
     if conn.dialect.name == "sqlite":
         # Samples of one collection are not in SQLite's index by state (models.Sample):
         # they are found by the primary key, at each collection of the states'
@@ -480,19 +485,18 @@ def prune_states_batch(conn, before_at, limit, rolled_up_to=None):
         oldest = conn.exec_driver_sql(
             "SELECT min(valid_until) FROM samples WHERE present = 1").scalar()
         if oldest is not None:
-            conn.execute(text(
+            conn.exec_driver_sql(
                 "DELETE FROM samples WHERE (valid_until, state_pk) IN (SELECT c.id, s.pk "
-                "FROM states s JOIN collections c ON c.id > s.first_seen "
-                "AND c.id <= s.ended_before AND c.id >= :oldest WHERE s.pk IN :pks)")
-                .bindparams(bindparam("pks", expanding=True)), {"pks": pks, "oldest": oldest})
-        conn.execute(delete(Sample).where(Sample.state_pk.in_(pks),
-                                          text(f"({SAMPLE_INDEXED})")))
+                "FROM pfh_pruning p JOIN states s ON s.pk = p.pk JOIN collections c "
+                "ON c.id > s.first_seen AND c.id <= s.ended_before AND c.id >= ?)", (oldest,))
+        conn.exec_driver_sql(
+            f"DELETE FROM samples WHERE state_pk IN {batch} AND ({SAMPLE_INDEXED})")
     else:
-        conn.execute(delete(Sample).where(Sample.state_pk.in_(pks)))
-    for table in (PeerSample, StatePeer, StateKey):
-        conn.execute(delete(table).where(table.state_pk.in_(pks)))
-    conn.execute(delete(State).where(State.pk.in_(pks)))
-    return len(pks)
+        conn.exec_driver_sql(f"DELETE FROM samples WHERE state_pk IN {batch}")
+    for table in ("peer_samples", "state_peers", "state_keys"):
+        conn.exec_driver_sql(f"DELETE FROM {table} WHERE state_pk IN {batch}")
+    conn.exec_driver_sql(f"DELETE FROM states WHERE pk IN {batch}")
+    return n
 
 
 def prune_orphan_addresses(conn, limit):

@@ -114,3 +114,45 @@ def test_prune_keeps_what_the_open_hour_needs(tmp_path):
                    "--at", (when + timedelta(hours=1)).isoformat()).returncode == 0
     result = run_cli("prune", "--db", db, "--before", "2099-01-01T00:00Z", "-v")
     assert f"pruned {ended} states" in result.stdout, result.stderr
+
+
+def test_a_batch_larger_than_the_parameter_limit(recorded):
+    """A prune batch (up to 100,000 states) may hold more states than one statement
+    may have parameters: 32,766 in SQLite's default build (OpenBSD's), 65,535 in
+    PostgreSQL's protocol. Here SQLite's limit is lowered to 100, far below the
+    first batch; pruning must not notice. In process: a limit is set per connection."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import make_url
+
+    from pfhistory import db as pfdb, retention
+
+    series, path = recorded
+    cutoff = int(series.snapshots[-2][0].timestamp())
+    con = sqlite3.connect(path)
+    doomed = _count(con, "SELECT count(*) FROM states WHERE ended_before_at <= ?", cutoff)
+    kept = _count(con, "SELECT count(*) FROM states") - doomed
+    con.close()
+    assert doomed > 200
+
+    engine = pfdb.open_engine(make_url(f"sqlite:///{path}"))
+    event.listen(engine, "connect", lambda dbapi_conn, _rec: dbapi_conn.setlimit(
+        sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 100))
+    try:
+        with engine.connect() as conn:
+            limit = conn.connection.dbapi_connection.getlimit(
+                sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        assert limit == 100
+        assert retention.prune(engine, cutoff)[0] == doomed
+    finally:
+        engine.dispose()
+
+    con = sqlite3.connect(path)
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert con.execute("PRAGMA foreign_key_check").fetchall() == []
+    assert _count(con, "SELECT count(*) FROM states") == kept
+    for table in ("state_keys", "state_peers"):
+        assert _count(con, f"SELECT count(*) FROM {table}") == 2 * kept
+    for table in ("samples", "peer_samples"):
+        assert _count(con, f"SELECT count(*) FROM {table} WHERE state_pk NOT IN "
+                           f"(SELECT pk FROM states)") == 0
+    con.close()
