@@ -477,6 +477,10 @@ def prune_states_batch(conn, before_at, limit, rolled_up_to=None):
         (before_at,)).rowcount
     if n <= 0:
         return 0
+    if conn.dialect.name == "postgresql":
+        # A temporary table has no statistics until analyzed: without them the
+        # planner may scan the samples instead of probing their index per state.
+        conn.exec_driver_sql("ANALYZE pfh_pruning")
     batch = "(SELECT pk FROM pfh_pruning)"
     if conn.dialect.name == "sqlite":
         # Samples of one collection are not in SQLite's index by state (models.Sample):
