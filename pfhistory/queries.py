@@ -471,15 +471,17 @@ def prune_states_batch(conn, before_at, limit, rolled_up_to=None):
     ph = _ph(conn)
     rolled = "" if rolled_up_to is None else f"AND ended_before <= {int(rolled_up_to)} "
     _temp_table(conn, "pfh_pruning", "pk BIGINT")
-    n = conn.exec_driver_sql(
+    conn.exec_driver_sql(
         f"INSERT INTO pfh_pruning SELECT pk FROM states WHERE ended_before_at IS NOT NULL "
         f"AND ended_before_at <= {ph} {rolled}ORDER BY ended_before_at LIMIT {int(limit)}",
-        (before_at,)).rowcount
-    if n <= 0:
+        (before_at,))
+    # Counted, not taken from the INSERT's rowcount, which a driver may leave at -1.
+    n = conn.exec_driver_sql("SELECT count(*) FROM pfh_pruning").scalar()
+    if n == 0:
         return 0
     if conn.dialect.name == "postgresql":
-        # A temporary table has no statistics until analyzed: without them the
-        # planner may scan the samples instead of probing their index per state.
+        # Without statistics the planner takes a temporary table for a couple of
+        # thousand rows whatever the batch holds; analyzed, it plans for its size.
         conn.exec_driver_sql("ANALYZE pfh_pruning")
     batch = "(SELECT pk FROM pfh_pruning)"
     if conn.dialect.name == "sqlite":
