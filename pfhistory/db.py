@@ -81,10 +81,10 @@ def _prepare_sqlite_file(path, create):
     if path.exists():
         if path.is_dir():
             raise DatabaseError(f"{path}: is a directory, not a database")
-        if 0 < path.stat().st_size < _SQLITE_HEADER_SIZE:
+        size = path.stat().st_size
+        if 0 < size < _SQLITE_HEADER_SIZE:
             # Too short for SQLite's header: SQLite would take it for an empty
             # database and write over it.
-            size = path.stat().st_size
             raise DatabaseError(f"{path}: is not a SQLite database ({size} "
                                 f"byte{'s' if size > 1 else ''}, too short to be one)")
         return

@@ -304,6 +304,9 @@ _BOTH_PEERS = ("JOIN state_peers ps ON ps.state_pk = s.pk AND ps.side = 0 "
                "JOIN state_peers pd ON pd.state_pk = s.pk AND pd.side = 1")
 
 
+_SAMPLE_INDEXED_W = SAMPLE_INDEXED.replace("valid_", "w.valid_").replace("present", "w.present")
+
+
 def _sample_after(state, c):
     """SQL: valid_until of the sample of state (a states alias) that holds
     collection c (an SQL expression) if any does; else of some later sample, or
@@ -315,9 +318,6 @@ def _sample_after(state, c):
             f"AND w.state_pk = {state}.pk), (SELECT min(w.valid_until) FROM samples w "
             f"WHERE w.state_pk = {state}.pk AND w.valid_until > {c} AND "
             f"({_SAMPLE_INDEXED_W})))")
-
-
-_SAMPLE_INDEXED_W = SAMPLE_INDEXED.replace("valid_", "w.valid_").replace("present", "w.present")
 
 
 def apply_staged(conn, collection_id, count_moved=True):
@@ -422,6 +422,13 @@ def reopen_states(conn, rows, collection_id):
 
 # -- retention -------------------------------------------------------------------
 
+def _oldest_values_sample(conn):
+    """valid_until of the oldest values sample (absences never expire, so not
+    theirs), or None: what expiry has left of the samples."""
+    return conn.exec_driver_sql(
+        "SELECT min(valid_until) FROM samples WHERE present = 1").scalar()
+
+
 def expire_samples(conn, before_collection_id, limit, peers=False):
     """Delete up to limit samples (with peers, peer samples) no longer needed
     for collections before before_collection_id (absences are kept: they make
@@ -435,8 +442,7 @@ def expire_samples(conn, before_collection_id, limit, peers=False):
         # Never ahead of the values: a values sample left over (a capped pass) still
         # takes its peers from the first peer sample at or after its valid_until, so
         # only peer samples before the oldest values sample left go.
-        oldest = conn.exec_driver_sql(
-            "SELECT min(valid_until) FROM samples WHERE present = 1").scalar()
+        oldest = _oldest_values_sample(conn)
         if oldest is not None:
             before_collection_id = min(before_collection_id, oldest - 1)
         table, kept = "peer_samples", ""
@@ -488,8 +494,7 @@ def prune_states_batch(conn, before_at, limit, rolled_up_to=None):
         # Samples of one collection are not in SQLite's index by state (models.Sample):
         # they are found by the primary key, at each collection of the states'
         # lives from the oldest such sample kept (none, once expiry took them).
-        oldest = conn.exec_driver_sql(
-            "SELECT min(valid_until) FROM samples WHERE present = 1").scalar()
+        oldest = _oldest_values_sample(conn)
         if oldest is not None:
             conn.exec_driver_sql(
                 "DELETE FROM samples WHERE (valid_until, state_pk) IN (SELECT c.id, s.pk "
