@@ -217,6 +217,43 @@ def test_every_revision_downgrades_and_upgrades_keeping_data(pg_url, series):
         engine.dispose()
 
 
+def test_0009_names_the_administrators_views_that_stop_it_and_changes_nothing(pg_url):
+    """0009 changes the type of columns; PostgreSQL refuses that under a view that
+    reads them, with a message naming neither. A view reading other columns is no
+    obstacle and stays."""
+    from alembic.script import ScriptDirectory
+
+    url = db.resolve_url(pg_url)
+    head, = ScriptDirectory.from_config(db.alembic_config(url)).get_heads()
+    engine = db.open_engine(url)
+    try:
+        db.upgrade(engine, url, "0008")
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE VIEW my_talkers AS SELECT s.pk, k.addr0 FROM states s "
+                                 "JOIN state_keys k ON k.state_pk = s.pk")
+            conn.exec_driver_sql("CREATE VIEW my_conns AS SELECT * FROM connections")
+            conn.exec_driver_sql("CREATE VIEW my_rules AS SELECT rule, count(*) AS n "
+                                 "FROM states GROUP BY rule")
+        result = run_cli("db", "upgrade", "--db", pg_url)
+        assert result.returncode == 1
+        line, = result.stderr.splitlines()
+        assert "my_conns, my_talkers" in line and "my_rules" not in line
+        assert "`pfhistory db upgrade` again" in line and "nothing was changed" in line
+        assert _ok(run_cli("db", "current", "--db", pg_url)).strip() == "0008 (old)"
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP VIEW my_conns")
+            conn.exec_driver_sql("DROP VIEW my_talkers")
+        assert _ok(run_cli("db", "upgrade", "--db", pg_url)).rstrip().endswith(
+            f": schema at {head}")
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql(
+                "SELECT data_type FROM information_schema.columns "
+                "WHERE table_name = 'states' AND column_name = 'pk'").scalar() == "bigint"
+            assert conn.exec_driver_sql("SELECT count(*) FROM my_rules").scalar() == 0
+    finally:
+        engine.dispose()
+
+
 def test_a_plain_postgresql_url_takes_psycopg():
     """Whatever SQLAlchemy's default driver (psycopg2 in 2.0); an explicit one stays."""
     url = db.resolve_url("postgresql://nobody@/x?host=/nonexistent")

@@ -6,7 +6,9 @@ pks would run out in about a month. SQLite's INTEGER is 64 bits already
 changes nothing on SQLite. PostgreSQL refuses to change the type of a column
 a view reads, so the two views on states are dropped and made again from
 their own definitions, with connections.bytes (both directions, each up to
-2**63 - 1) summed in NUMERIC, which PostgreSQL never overflows.
+2**63 - 1) summed in NUMERIC, which PostgreSQL never overflows. Views of
+the administrator's that read those columns (or our two views) would stop it
+half-way: they are named first, and nothing is changed.
 
 Revision ID: 0009
 Revises: 0008
@@ -14,6 +16,8 @@ Create Date: 2026-11-28 23:30:00
 """
 import sqlalchemy as sa
 from alembic import op
+
+from pfhistory.exceptions import PFError
 
 revision = "0009"
 down_revision = "0008"
@@ -26,10 +30,40 @@ _SUM = "s.bytes0 + s.bytes1 AS bytes"
 _NUMERIC_SUM = "s.bytes0::numeric + s.bytes1::numeric AS bytes"
 
 
+# Views, other than ours, that read a column (or, column NULL, any column) of a
+# relation: PostgreSQL records each view's reads in pg_depend, from its rewrite rule.
+_VIEWS_READING = sa.text(
+    "SELECT DISTINCT v.relname FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid "
+    "JOIN pg_class v ON v.oid = r.ev_class "
+    "WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass "
+    "AND d.refobjid = to_regclass(:relation) AND v.oid <> d.refobjid "
+    "AND v.oid <> ALL (ARRAY[to_regclass('connections'), to_regclass('nat')]::oid[]) "
+    "AND (CAST(:column AS text) IS NULL OR d.refobjsubid = (SELECT a.attnum "
+    "FROM pg_attribute a WHERE a.attrelid = d.refobjid AND a.attname = CAST(:column AS text)))")
+
+
+def _refuse_other_views(bind):
+    """A view of the administrator's reading a retyped column (or one of our views,
+    which are dropped and made again) would make PostgreSQL refuse half-way, with
+    a message that names neither the view nor what to do: say both, before."""
+    reads = [(relation, column) for relation, column in _COLUMNS]
+    reads += [(view, None) for view in ("connections", "nat")]
+    names = sorted({name for relation, column in reads for name in bind.execute(
+        _VIEWS_READING, {"relation": relation, "column": column}).scalars()})
+    if names:
+        raise PFError(
+            f"revision 0009 changes the type of states.pk and the state_pk columns, which "
+            f"PostgreSQL refuses while a view reads them or the views connections and nat: "
+            f"drop your view(s) {', '.join(names)} (psql's \\d+ shows a view's "
+            f"definition), run `pfhistory db upgrade` again, then create them again; "
+            f"nothing was changed")
+
+
 def _retype(new_type, old_sum, new_sum):
     bind = op.get_bind()
     if bind.dialect.name != "postgresql":
         return
+    _refuse_other_views(bind)
     views = {name: bind.exec_driver_sql(f"SELECT pg_get_viewdef('{name}'::regclass, true)")
              .scalar() for name in ("connections", "nat")}
     if views["connections"].count(old_sum) != 1:
