@@ -301,8 +301,8 @@ class _Recorder:
         self.inserted += n
 
     def _staged_rows(self, c, changed, peers_changed, created, expires):
-        """(values, peer_values) to stage, column by column: the new values of
-        changed states, the new peers of those whose peers changed."""
+        """The new values of changed states and the new peers of those whose
+        peers changed, laid out as staging statements (queries.prepare_staging)."""
         col = c.__getitem__
         values = _columns(c.n, changed, [
             col("dyn_hash"), col("peer_hash"), created, expires,
@@ -311,13 +311,12 @@ class _Recorder:
             col("timeout"), col("sync_flags"), col("updates"), col("state_flags")])
         peer_values = _columns(c.n, peers_changed, [
             *(col(f"src_{f}") for f in PEER_FIELDS), *(col(f"dst_{f}") for f in PEER_FIELDS)])
-        return values, peer_values
+        return queries.prepare_staging(self.conn, values, peer_values)
 
     def _stage(self, staged):
-        values, peer_values = staged
         # The staging tables are emptied when a batch starts (after an apply).
-        queries.stage_columns(self.conn, values, peer_values, first=self.staged_rows == 0)
-        self.staged_rows += len(values[0])
+        queries.stage_prepared(self.conn, staged, first=self.staged_rows == 0)
+        self.staged_rows += staged.rows
 
     # -- at the end --------------------------------------------------------------
 

@@ -31,7 +31,8 @@ __all__ = [
     "STAGED_PEER_COLUMNS",
     "latest_collection", "next_ids", "insert_collection", "finish_collection",
     "open_states", "any_closed_state", "closed_states_by_key", "address_ids", "insert_addresses",
-    "insert_states", "insert_keys", "insert_peers", "stage_columns", "drop_load_indexes",
+    "insert_states", "insert_keys", "insert_peers", "stage_columns", "prepare_staging",
+    "stage_prepared", "drop_load_indexes",
     "create_load_indexes", "stage", "apply_staged",
     "close_states", "reopen_states", "expire_samples", "prune_states_batch",
     "prune_orphan_addresses", "get_setting", "set_setting",
@@ -81,25 +82,32 @@ def _insert_rows(conn, table, columns, rows):
 
 
 def _insert_columns(conn, table, columns, values):
-    """Insert rows given column by column: values[j] holds column j of every row.
+    """Insert rows given column by column: values[j] holds column j of every row."""
+    _run(conn, _prepared_insert(conn, table, columns, values))
+
+
+def _prepared_insert(conn, table, columns, values):
+    """The statements (sql, parameters, many) that insert values (_insert_columns).
 
     On SQLite, in statements of _ROWS_PER_INSERT rows each, their parameters
     laid out by slice assignment: one call into SQLite per few hundred rows
     and no tuple per row takes half the time of executemany on a million rows
     (and SQLite runs each statement without Python's lock). Other databases
-    get the driver's executemany.
+    get the driver's executemany. Nothing here runs a statement: the collector
+    lays out its staged rows while another thread uses the connection (it
+    only reads SQLite's limit on parameters, a field of the connection).
     """
     k = len(columns)
     values = [v if isinstance(v, (list, tuple, range)) else list(v) for v in values]
     n = len(values[0]) if values else 0
     if n == 0:
-        return
+        return []
     if conn.dialect.name != "sqlite":
-        _executemany(conn, _insert_sql(table, columns), list(zip(*values)))
-        return
+        return [(_insert_sql(table, columns), list(zip(*values)), True)]
     limit = conn.connection.dbapi_connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
     per = max(1, min(_ROWS_PER_INSERT, limit // k))
     full = n - n % per
+    statements = []
     if full:
         flat = [None] * (full * k)
         for j, column in enumerate(values):
@@ -107,12 +115,21 @@ def _insert_columns(conn, table, columns, values):
         one = f"({', '.join('?' * k)})"
         sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([one] * per)}"
         step = per * k
-        for start in range(0, len(flat), step):
-            # Through SQLAlchemy, so that errors arrive wrapped as everywhere else.
-            conn.exec_driver_sql(sql, tuple(flat[start:start + step]))
+        statements = [(sql, tuple(flat[start:start + step]), False)
+                      for start in range(0, len(flat), step)]
     if full < n:
-        _executemany(conn, _insert_sql(table, columns),
-                     list(zip(*(column[full:] for column in values))))
+        statements.append((_insert_sql(table, columns),
+                           list(zip(*(column[full:] for column in values))), True))
+    return statements
+
+
+def _run(conn, statements):
+    for sql, params, many in statements:
+        if many:
+            _executemany(conn, sql, params)
+        else:
+            # Through SQLAlchemy, so that errors arrive wrapped as everywhere else.
+            conn.exec_driver_sql(sql, params)
 
 
 def _temp_table(conn, name, columns_sql):
@@ -284,12 +301,33 @@ def stage(conn, rows, peer_rows, first=False):
 
 def stage_columns(conn, values, peer_values, first=False):
     """stage(), given column by column (_insert_columns)."""
+    stage_prepared(conn, prepare_staging(conn, values, peer_values), first)
+
+
+@dataclass
+class PreparedStaging:
+    """Changed values laid out as staging statements (prepare_staging)."""
+
+    rows: int
+    statements: list
+
+
+def prepare_staging(conn, values, peer_values):
+    """stage_columns' statements, built without running any: the collector lays
+    out a chunk's while its applier runs a statement on conn (stage_prepared)."""
+    return PreparedStaging(
+        len(values[0]) if values else 0,
+        _prepared_insert(conn, "pfh_incoming", STAGED_COLUMNS, values)
+        + _prepared_insert(conn, "pfh_peers", STAGED_PEER_COLUMNS, peer_values))
+
+
+def stage_prepared(conn, prepared, first=False):
+    """Stage what prepare_staging laid out; first empties the staging tables."""
     if first:
         for name, columns in (("pfh_incoming", STAGED_COLUMNS),
                               ("pfh_peers", STAGED_PEER_COLUMNS)):
             _temp_table(conn, name, ", ".join(f"{c} BIGINT" for c in columns))
-    _insert_columns(conn, "pfh_incoming", STAGED_COLUMNS, values)
-    _insert_columns(conn, "pfh_peers", STAGED_PEER_COLUMNS, peer_values)
+    _run(conn, prepared.statements)
 
 
 _SAMPLE_COLUMNS = ", ".join(["state_pk", "valid_until", "valid_from", "present",
