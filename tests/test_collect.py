@@ -467,3 +467,52 @@ def test_states_recorded_before_peer_hash_get_their_peers_written(tmp_path, smal
         got, want = (sqlite3.connect(p).execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
                      for p in (db, recorded))
         assert got == want, table
+
+
+@pytest.mark.skipif(not hasattr(sqlite3.Connection, "setlimit"),
+                    reason="sqlite3 sets a connection's limits from Python 3.11 on")
+def test_an_sqlite_allowing_999_parameters_records_the_same_history(small_series, recorded,
+                                                                     tmp_path):
+    """SQLite before 3.32 allowed 999 parameters per statement: the collector's
+    multi-row INSERTs (35 columns a new state, 23 a staged pair of peers) shrink
+    to fit, their last rows going by executemany. In process: a limit is set per
+    connection. The history must be the one the CLI recorded."""
+    from sqlalchemy import event
+
+    from pfhistory import db as pfdb
+    from pfhistory.collector import Snapshot, record_snapshot
+
+    path = tmp_path / "few-parameters.db"
+    url = pfdb.resolve_url(str(path))
+    engine = pfdb.open_engine(url, create=True)
+    event.listen(engine, "connect", lambda dbapi_conn, _rec: dbapi_conn.setlimit(
+        sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999))
+    try:
+        pfdb.upgrade_to_head(engine, url)
+        with engine.connect() as conn:
+            assert conn.connection.dbapi_connection.getlimit(
+                sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) == 999
+        for _when, snapshot in small_series.snapshots:
+            mtime = int(os.stat(snapshot).st_mtime)
+            record_snapshot(engine, Snapshot(snapshot, mtime, os.path.abspath(snapshot)))
+    finally:
+        engine.dispose()
+    mine, theirs = _db(path), _db(recorded)
+    # Address ids follow the order new addresses are met in a set: compare the addresses.
+    address = "(SELECT af || '/' || hex(bin) FROM addresses WHERE id = {})"
+    tables = {"states": "*, " + address.format("rt_addr"),
+              "state_keys": f"*, {address.format('addr0')}, {address.format('addr1')}",
+              "state_peers": "*", "samples": "*", "peer_samples": "*",
+              "addresses": "af, bin, text"}
+    dropped = {"states": ("rt_addr",), "state_keys": ("addr0", "addr1")}
+    for table, columns in tables.items():
+        rows = []
+        for con in (mine, theirs):
+            cursor = con.execute(f"SELECT {columns} FROM {table}")
+            names = [d[0] for d in cursor.description]
+            keep = [i for i, name in enumerate(names) if name not in dropped.get(table, ())]
+            rows.append(sorted(tuple(r[i] for i in keep) for r in cursor))
+        assert rows[0] == rows[1] and rows[0], table
+    log = "SELECT id, collected_at, states, inserted, updated, reopened, closed, packets, " \
+          "bytes, samples FROM collections ORDER BY id"
+    assert [tuple(r) for r in mine.execute(log)] == [tuple(r) for r in theirs.execute(log)]
