@@ -239,7 +239,8 @@ class _Recorder:
             # The af an address was interned with is the key's (or state's) af.
             _kind, uaf, raw = uniq[ref]
             pairs[ref] = (uaf, _address_bin(uaf, raw))
-        missing = [p for p in set(pairs.values()) if p not in self.addr_ids]
+        # In (af, bin) order: the ids new addresses get do not depend on hashing.
+        missing = sorted(p for p in set(pairs.values()) if p not in self.addr_ids)
         if missing:
             self.addr_ids.update(queries.address_ids(self.conn, missing))
             fresh = [p for p in missing if p not in self.addr_ids]
