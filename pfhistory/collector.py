@@ -120,6 +120,8 @@ class _Recorder:
         self.next_pk = next_pk
         self.next_addr = next_addr
         self.addr_ids = {}                    # (af, bin) -> id, for this run
+        # Read now, before any apply: _plan lays out statements beside one.
+        self.parameter_limit = queries.parameter_limit(conn)
         self.open = _OpenStates(queries.open_states(conn))
         self.any_closed = queries.any_closed_state(conn)
         self.ended_by_pfsync = 0
@@ -312,7 +314,7 @@ class _Recorder:
             col("timeout"), col("sync_flags"), col("updates"), col("state_flags")])
         peer_values = _columns(c.n, peers_changed, [
             *(col(f"src_{f}") for f in PEER_FIELDS), *(col(f"dst_{f}") for f in PEER_FIELDS)])
-        return queries.prepare_staging(self.conn, values, peer_values)
+        return queries.prepare_staging(self.parameter_limit, values, peer_values)
 
     def _stage(self, staged):
         # The staging tables are emptied when a batch starts (after an apply).

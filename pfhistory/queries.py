@@ -31,8 +31,8 @@ __all__ = [
     "STAGED_PEER_COLUMNS",
     "latest_collection", "next_ids", "insert_collection", "finish_collection",
     "open_states", "any_closed_state", "closed_states_by_key", "address_ids", "insert_addresses",
-    "insert_states", "insert_keys", "insert_peers", "stage_columns", "prepare_staging",
-    "stage_prepared", "drop_load_indexes",
+    "insert_states", "insert_keys", "insert_peers", "stage_columns", "parameter_limit",
+    "prepare_staging", "stage_prepared", "drop_load_indexes",
     "create_load_indexes", "stage", "apply_staged",
     "close_states", "reopen_states", "expire_samples", "prune_states_batch",
     "prune_orphan_addresses", "get_setting", "set_setting",
@@ -83,28 +83,35 @@ def _insert_rows(conn, table, columns, rows):
 
 def _insert_columns(conn, table, columns, values):
     """Insert rows given column by column: values[j] holds column j of every row."""
-    _run(conn, _prepared_insert(conn, table, columns, values))
+    _run(conn, _prepared_insert(parameter_limit(conn), table, columns, values))
 
 
-def _prepared_insert(conn, table, columns, values):
-    """The statements (sql, parameters, many) that insert values (_insert_columns).
+def parameter_limit(conn):
+    """How many parameters one statement may have on SQLite (its build's limit);
+    None elsewhere (statements go by executemany)."""
+    if conn.dialect.name != "sqlite":
+        return None
+    return conn.connection.dbapi_connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+
+
+def _prepared_insert(limit, table, columns, values):
+    """The statements (sql, parameters, many) that insert values (_insert_columns),
+    for a database whose parameter_limit is limit.
 
     On SQLite, in statements of _ROWS_PER_INSERT rows each, their parameters
     laid out by slice assignment: one call into SQLite per few hundred rows
     and no tuple per row takes half the time of executemany on a million rows
     (and SQLite runs each statement without Python's lock). Other databases
-    get the driver's executemany. Nothing here runs a statement: the collector
-    lays out its staged rows while another thread uses the connection (it
-    only reads SQLite's limit on parameters, a field of the connection).
+    get the driver's executemany. Nothing here touches a connection: the
+    collector lays out its staged rows while another thread runs a statement.
     """
     k = len(columns)
     values = [v if isinstance(v, (list, tuple, range)) else list(v) for v in values]
     n = len(values[0]) if values else 0
     if n == 0:
         return []
-    if conn.dialect.name != "sqlite":
+    if limit is None:
         return [(_insert_sql(table, columns), list(zip(*values)), True)]
-    limit = conn.connection.dbapi_connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
     per = max(1, min(_ROWS_PER_INSERT, limit // k))
     full = n - n % per
     statements = []
@@ -301,7 +308,7 @@ def stage(conn, rows, peer_rows, first=False):
 
 def stage_columns(conn, values, peer_values, first=False):
     """stage(), given column by column (_insert_columns)."""
-    stage_prepared(conn, prepare_staging(conn, values, peer_values), first)
+    stage_prepared(conn, prepare_staging(parameter_limit(conn), values, peer_values), first)
 
 
 @dataclass
@@ -312,13 +319,14 @@ class PreparedStaging:
     statements: list
 
 
-def prepare_staging(conn, values, peer_values):
-    """stage_columns' statements, built without running any: the collector lays
-    out a chunk's while its applier runs a statement on conn (stage_prepared)."""
+def prepare_staging(limit, values, peer_values):
+    """stage_columns' statements for a database whose parameter_limit is limit,
+    built without a connection: the collector lays out a chunk's while its
+    applier runs a statement (stage_prepared runs them)."""
     return PreparedStaging(
         len(values[0]) if values else 0,
-        _prepared_insert(conn, "pfh_incoming", STAGED_COLUMNS, values)
-        + _prepared_insert(conn, "pfh_peers", STAGED_PEER_COLUMNS, peer_values))
+        _prepared_insert(limit, "pfh_incoming", STAGED_COLUMNS, values)
+        + _prepared_insert(limit, "pfh_peers", STAGED_PEER_COLUMNS, peer_values))
 
 
 def stage_prepared(conn, prepared, first=False):

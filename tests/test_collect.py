@@ -469,19 +469,44 @@ def test_states_recorded_before_peer_hash_get_their_peers_written(tmp_path, smal
         assert got == want, table
 
 
+def _rows_by_value(con, table):
+    """A table's rows, sorted, with address ids replaced by the addresses."""
+    address = "(SELECT af || '/' || hex(bin) FROM addresses WHERE id = {})"
+    select = {"states": f"*, {address.format('rt_addr')}",
+              "state_keys": f"*, {address.format('addr0')}, {address.format('addr1')}",
+              "addresses": "af, bin, text"}.get(table, "*")
+    ids = {"states": ("rt_addr",), "state_keys": ("addr0", "addr1")}.get(table, ())
+    cursor = con.execute(f"SELECT {select} FROM {table}")
+    keep = [i for i, d in enumerate(cursor.description) if d[0] not in ids]
+    return sorted(tuple(row[i] for i in keep) for row in cursor)
+
+
 @pytest.mark.skipif(not hasattr(sqlite3.Connection, "setlimit"),
                     reason="sqlite3 sets a connection's limits from Python 3.11 on")
+@pytest.mark.parametrize("chunks", ["whole", "small"])
 def test_an_sqlite_allowing_999_parameters_records_the_same_history(small_series, recorded,
-                                                                     tmp_path):
+                                                                     tmp_path, monkeypatch,
+                                                                     chunks):
     """SQLite before 3.32 allowed 999 parameters per statement: the collector's
-    multi-row INSERTs (35 columns a new state, 23 a staged pair of peers) shrink
+    multi-row INSERTs (34 columns a new state, 23 a staged pair of peers) shrink
     to fit, their last rows going by executemany. In process: a limit is set per
-    connection. The history must be the one the CLI recorded."""
+    connection. The history must be the one the CLI recorded: row for row, ids
+    included (new addresses are numbered in (af, bin) order, whatever this
+    process's hashing), when chunks are whole; with chunks of 64 records and an
+    apply every 50 staged rows, chunks are laid out while an apply runs, and the
+    ids of addresses follow the chunks, so addresses are compared by value.
+    Python's cyclic GC, paused during each collection, is on again after it,
+    also after a collection that fails."""
+    import gc
+
     from sqlalchemy import event
 
-    from pfhistory import db as pfdb
-    from pfhistory.collector import Snapshot, record_snapshot
+    from pfhistory import collector, db as pfdb
+    from pfhistory.collector import OlderSnapshotError, Snapshot, record_snapshot
 
+    chunk_records = 16384 if chunks == "whole" else 64
+    if chunks == "small":
+        monkeypatch.setattr(collector, "_APPLY_BATCH", 50)
     path = tmp_path / "few-parameters.db"
     url = pfdb.resolve_url(str(path))
     engine = pfdb.open_engine(url, create=True)
@@ -494,16 +519,23 @@ def test_an_sqlite_allowing_999_parameters_records_the_same_history(small_series
                 sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) == 999
         for _when, snapshot in small_series.snapshots:
             mtime = int(os.stat(snapshot).st_mtime)
-            record_snapshot(engine, Snapshot(snapshot, mtime, os.path.abspath(snapshot)))
+            record_snapshot(engine, Snapshot(snapshot, mtime, os.path.abspath(snapshot)),
+                            chunk_records=chunk_records)
+            assert gc.isenabled()
+        first = small_series.snapshots[0][1]
+        with pytest.raises(OlderSnapshotError):
+            record_snapshot(engine, Snapshot(first, int(os.stat(first).st_mtime), str(first)))
+        assert gc.isenabled()
     finally:
         engine.dispose()
     mine, theirs = _db(path), _db(recorded)
-    # Rows as they are, ids included: new addresses are numbered in (af, bin) order,
-    # not in the order of this process's hashing.
     for table in ("states", "state_keys", "state_peers", "samples", "peer_samples",
                   "addresses"):
-        rows = [sorted(map(tuple, con.execute(f"SELECT * FROM {table}")))
-                for con in (mine, theirs)]
+        if chunks == "whole":
+            rows = [sorted(map(tuple, con.execute(f"SELECT * FROM {table}")))
+                    for con in (mine, theirs)]
+        else:
+            rows = [_rows_by_value(con, table) for con in (mine, theirs)]
         assert rows[0] == rows[1] and rows[0], table
     log = "SELECT id, collected_at, states, inserted, updated, reopened, closed, packets, " \
           "bytes, samples FROM collections ORDER BY id"
