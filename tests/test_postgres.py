@@ -218,30 +218,42 @@ def test_every_revision_downgrades_and_upgrades_keeping_data(pg_url, series):
 
 def test_0009_names_the_administrators_views_that_stop_it_and_changes_nothing(pg_url):
     """0009 changes the type of columns; PostgreSQL refuses that under a view that
-    reads them, with a message naming neither. A view reading other columns is no
-    obstacle and stays."""
+    reads them (or reads our views, which it drops and makes again), with a message
+    naming neither. Views on those views, views in other schemas and materialized
+    views are named too; a view reading other columns is no obstacle and stays."""
     from alembic.script import ScriptDirectory
 
     url = db.resolve_url(pg_url)
     head, = ScriptDirectory.from_config(db.alembic_config(url)).get_heads()
     engine = db.open_engine(url)
+    mine = {
+        "my_talkers": "VIEW my_talkers AS SELECT s.pk, k.addr0 FROM states s "
+                      "JOIN state_keys k ON k.state_pk = s.pk",
+        "my_conns": "VIEW my_conns AS SELECT * FROM connections",
+        "my_conns_daily": "VIEW my_conns_daily AS SELECT count(*) AS n FROM my_conns",
+        "rep.talkers": "VIEW rep.talkers AS SELECT state_pk FROM samples",
+        "mv_pks": "MATERIALIZED VIEW mv_pks AS SELECT pk FROM states",
+    }
     try:
         db.upgrade(engine, url, "0008")
         with engine.begin() as conn:
-            conn.exec_driver_sql("CREATE VIEW my_talkers AS SELECT s.pk, k.addr0 FROM states s "
-                                 "JOIN state_keys k ON k.state_pk = s.pk")
-            conn.exec_driver_sql("CREATE VIEW my_conns AS SELECT * FROM connections")
+            conn.exec_driver_sql("CREATE SCHEMA rep")
+            for definition in mine.values():
+                conn.exec_driver_sql(f"CREATE {definition}")
             conn.exec_driver_sql("CREATE VIEW my_rules AS SELECT rule, count(*) AS n "
                                  "FROM states GROUP BY rule")
         result = run_cli("db", "upgrade", "--db", pg_url)
         assert result.returncode == 1
         line, = result.stderr.splitlines()
-        assert "my_conns, my_talkers" in line and "my_rules" not in line
+        assert ("drop materialized view mv_pks, view my_conns, view my_conns_daily, "
+                "view my_talkers, view rep.talkers (") in line, line
+        assert "my_rules" not in line
         assert "`pfhistory db upgrade` again" in line and "nothing was changed" in line
         assert _ok(run_cli("db", "current", "--db", pg_url)).strip() == "0008 (old)"
         with engine.begin() as conn:
-            conn.exec_driver_sql("DROP VIEW my_conns")
-            conn.exec_driver_sql("DROP VIEW my_talkers")
+            for name in ("my_conns_daily", "my_conns", "my_talkers", "rep.talkers"):
+                conn.exec_driver_sql(f"DROP VIEW {name}")
+            conn.exec_driver_sql("DROP MATERIALIZED VIEW mv_pks")
         assert _ok(run_cli("db", "upgrade", "--db", pg_url)).rstrip().endswith(
             f": schema at {head}")
         with engine.connect() as conn:

@@ -30,40 +30,47 @@ _SUM = "s.bytes0 + s.bytes1 AS bytes"
 _NUMERIC_SUM = "s.bytes0::numeric + s.bytes1::numeric AS bytes"
 
 
-# Views, other than ours, that read a column (or, column NULL, any column) of a
-# relation: PostgreSQL records each view's reads in pg_depend, from its rewrite rule.
-_VIEWS_READING = sa.text(
-    "SELECT DISTINCT v.relname FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid "
-    "JOIN pg_class v ON v.oid = r.ev_class "
-    "WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass "
-    "AND d.refobjid = to_regclass(:relation) AND v.oid <> d.refobjid "
-    "AND v.oid <> ALL (ARRAY[to_regclass('connections'), to_regclass('nat')]::oid[]) "
-    "AND (CAST(:column AS text) IS NULL OR d.refobjsubid = (SELECT a.attnum "
-    "FROM pg_attribute a WHERE a.attrelid = d.refobjid AND a.attname = CAST(:column AS text)))")
+# What reads a column (or, column NULL, any column) of a relation through a rewrite
+# rule (views, materialized views, rules on tables), and what reads those in turn,
+# ours (connections, nat) left out: PostgreSQL records each rule's reads in pg_depend.
+_RULE_READS = ("SELECT r.ev_class AS reader, d.refobjid AS read, d.refobjsubid AS col "
+               "FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid "
+               "WHERE d.classid = 'pg_rewrite'::regclass "
+               "AND d.refclassid = 'pg_class'::regclass AND r.ev_class <> d.refobjid")
+_READERS = sa.text(
+    f"WITH RECURSIVE readers(oid) AS ("
+    f"SELECT x.reader FROM ({_RULE_READS}) x WHERE x.read = to_regclass(:relation) "
+    f"AND (CAST(:column AS text) IS NULL OR x.col = (SELECT a.attnum FROM pg_attribute a "
+    f"WHERE a.attrelid = x.read AND a.attname = CAST(:column AS text))) "
+    f"UNION SELECT x.reader FROM readers JOIN ({_RULE_READS}) x ON x.read = readers.oid) "
+    f"SELECT c.oid::regclass::text, c.relkind FROM readers JOIN pg_class c ON c.oid = readers.oid "
+    f"WHERE c.oid <> ALL (ARRAY[to_regclass('connections'), to_regclass('nat')]::oid[])")
+_KINDS = {"v": "view", "m": "materialized view"}
 
 
-def _refuse_other_views(bind):
+def _refuse_other_readers(bind, command):
     """A view of the administrator's reading a retyped column (or one of our views,
     which are dropped and made again) would make PostgreSQL refuse half-way, with
     a message that names neither the view nor what to do: say both, before."""
     reads = [(relation, column) for relation, column in _COLUMNS]
     reads += [(view, None) for view in ("connections", "nat")]
-    names = sorted({name for relation, column in reads for name in bind.execute(
-        _VIEWS_READING, {"relation": relation, "column": column}).scalars()})
-    if names:
+    found = sorted({(name, kind) for relation, column in reads for name, kind in bind.execute(
+        _READERS, {"relation": relation, "column": column})})
+    if found:
+        named = ", ".join(f"{_KINDS.get(kind, 'the rules on table')} {name}"
+                          for name, kind in found)
         raise PFError(
             f"revision 0009 changes the type of states.pk and the state_pk columns, which "
-            f"PostgreSQL refuses while a view reads them or the views connections and nat: "
-            f"drop your view(s) {', '.join(names)} (psql's \\d+ shows a view's "
-            f"definition), run `pfhistory db upgrade` again, then create them again; "
-            f"nothing was changed")
+            f"PostgreSQL refuses while anything reads them or the views connections and "
+            f"nat: drop {named} (psql's \\d+ shows a definition), run {command} again, "
+            f"then create them again; nothing was changed")
 
 
-def _retype(new_type, old_sum, new_sum):
+def _retype(new_type, old_sum, new_sum, command):
     bind = op.get_bind()
     if bind.dialect.name != "postgresql":
         return
-    _refuse_other_views(bind)
+    _refuse_other_readers(bind, command)
     views = {name: bind.exec_driver_sql(f"SELECT pg_get_viewdef('{name}'::regclass, true)")
              .scalar() for name in ("connections", "nat")}
     if views["connections"].count(old_sum) != 1:
@@ -79,8 +86,8 @@ def _retype(new_type, old_sum, new_sum):
 
 
 def upgrade():
-    _retype(sa.BigInteger(), _SUM, _NUMERIC_SUM)
+    _retype(sa.BigInteger(), _SUM, _NUMERIC_SUM, "`pfhistory db upgrade`")
 
 
 def downgrade():
-    _retype(sa.Integer(), _NUMERIC_SUM, _SUM)
+    _retype(sa.Integer(), _NUMERIC_SUM, _SUM, "the downgrade")
