@@ -6,9 +6,10 @@ pks would run out in about a month. SQLite's INTEGER is 64 bits already
 changes nothing on SQLite. PostgreSQL refuses to change the type of a column
 a view reads, so the two views on states are dropped and made again from
 their own definitions, with connections.bytes (both directions, each up to
-2**63 - 1) summed in NUMERIC, which PostgreSQL never overflows. Views of
-the administrator's that read those columns (or our two views) would stop it
-half-way: they are named first, and nothing is changed.
+2**63 - 1) summed in NUMERIC, which PostgreSQL never overflows. Anything of
+the administrator's that reads those columns or our two views through a rule
+(a view, a materialized view, a rule on a table, and what reads those) would
+stop it half-way: all of it is named first, and nothing is changed.
 
 Revision ID: 0009
 Revises: 0008
