@@ -10,12 +10,10 @@ collection log. A snapshot older than the newest collection is refused: the
 history only moves forward.
 """
 
-import gc
 import socket
 import threading
 import time
 from collections import Counter
-from contextlib import contextmanager
 from itertools import compress, repeat
 from operator import and_, eq, is_not, itemgetter, lshift, ne, not_, or_, xor
 from dataclasses import dataclass
@@ -25,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from pfhistory import queries, sources
 from pfhistory.addresses import ntop
 from pfhistory.db import write_transaction
+from pfhistory.gcpause import cyclic_gc_paused
 from pfhistory.exceptions import PFError
 from pfhistory.models import PEER_FIELDS
 from pfhistory.pfvar import OPENBSD_AF_INET
@@ -467,27 +466,12 @@ def _ifnames(c):
             if _kind == 1}
 
 
-@contextmanager
-def _cyclic_gc_paused():
-    """A collection allocates millions of tuples and lists, none of them in a
-    cycle: Python's cyclic collector would walk them about 1,600 times at a
-    million states (0.4 s) to find nothing. Reference counting frees them as
-    before; the collector is back on when the collection ends."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def record_snapshot(engine, snapshot, host=None, sample_retention=DEFAULT_SAMPLE_RETENTION,
                     chunk_records=16384):
     """Record one snapshot as one collection, all or nothing."""
     started = time.monotonic()
     host = host or socket.gethostname()
-    with _cyclic_gc_paused(), write_transaction(engine) as conn:
+    with cyclic_gc_paused(), write_transaction(engine) as conn:
         newest = queries.latest_collection(conn, kind=0)
         if newest is not None and snapshot.collected_at < newest[1]:
             raise OlderSnapshotError(

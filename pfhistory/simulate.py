@@ -16,20 +16,19 @@ uptime seconds, exactly as ``pf_state_export()`` computes them.
 from __future__ import annotations
 
 import bisect
-import gc
 import json
 import math
 import os
 import random
 import socket
 import struct
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
 from pfhistory.exceptions import PFError
+from pfhistory.gcpause import cyclic_gc_paused
 from pfhistory.statefile import write_state_file
 from pfhistory.pfvar import (
     OPENBSD_AF_INET as AF4,
@@ -1423,19 +1422,6 @@ def _apportion(total, shares):
 # ----------------------------------------------------------------------------------------
 # Writing
 
-@contextmanager
-def _gc_paused():
-    """Pause the cyclic GC while millions of acyclic objects are alive: its full passes
-    would otherwise cost more than the simulation."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def _write_snapshot(path, cp, epoch, truth):
     """Sample every live state into its record, and write the file in table order.
 
@@ -1713,7 +1699,7 @@ def simulate(cfg: SimulationConfig, out_dir, truth: bool = False) -> SimulationR
         os.chmod(out, 0o700)
     result = SimulationResult(config=cfg)
     missing = set(cfg.missing)
-    with _gc_paused():
+    with cyclic_gc_paused():
         eng = _Engine(cfg, full=truth)
         tr = _Truth(out, eng) if truth else None
         live = []
@@ -1754,7 +1740,7 @@ def iter_events(cfg: SimulationConfig) -> Iterator[tuple]:
     steps are not repeated); an "update" is a change of pf's peer states or timeout
     (handshake, FIN and RST steps), not every packet; ``state.record_at(t)`` gives the
     full record at any time. Removals after the simulated period are not yielded."""
-    with _gc_paused():
+    with cyclic_gc_paused():
         eng = _Engine(cfg, full=True)
         boot, cid = eng.boot, cfg.creatorid
         kinds = ("insert", "update", "delete")
