@@ -7,7 +7,9 @@ https://www.tcpdump.org/manpages/pcap-savefile.5.html and the pcapng specificati
 (draft-ietf-opsawg-pcapng); link types from https://www.tcpdump.org/linktypes.html.
 """
 
+import errno
 import os
+import stat
 import struct
 from typing import NamedTuple
 
@@ -249,32 +251,114 @@ def _read_pcapng(path, f):
 
 class PcapWriter:
     """Write Ethernet frames carrying IPv4 datagrams to a pcap file (microseconds),
-    owner-only (0600); what tcpdump -w on the sync interface would have written."""
+    owner-only (0600); what tcpdump -w on the sync interface would have written.
+
+    A regular file is replaced, as report -o replaces its file (a new owner-only file
+    renamed over it, symlinks followed); a device or FIFO is written in place. The header
+    is written at once, so a target that cannot be written raises OSError from the
+    constructor, before anything is recorded, and leaves an existing file as it was.
+    A write that fails later does not raise there: the caller's database is the product
+    and the capture a copy, so writing stops and close() raises PFError.
+    """
 
     # IPv4 multicast MAC of 224.0.0.240 (RFC 1112: 01:00:5e + low 23 bits).
     DST_MAC = bytes((0x01, 0x00, 0x5E, 0x00, 0x00, 0xF0))
     SRC_MAC = bytes((0x02, 0x00, 0x00, 0x00, 0x00, 0x01))   # locally administered
+    BUFFER = 1 << 20
 
     def __init__(self, path, snaplen=65535):
         self.path = os.fspath(path)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        self._f = os.fdopen(fd, "wb", buffering=1 << 20)
-        self._f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, snaplen, _ETHERNET))
         self.packets = 0
+        self.error = None       # the OSError that stopped writing, raised by close()
+        self._buf = bytearray(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, snaplen,
+                                          _ETHERNET))
+        self._fd, tmp, target = _open_output(self.path)
+        try:
+            self._flush()
+            if tmp is not None:
+                os.replace(tmp, target)
+        except OSError:
+            os.close(self._fd)
+            if tmp is not None:
+                _unlink_quietly(tmp)
+            raise
 
     def write(self, at, datagram):
+        if self.error is not None or self._fd is None:
+            return
         frame = self.DST_MAC + self.SRC_MAC + _ETH_IPV4.to_bytes(2, "big") + datagram
         usec = int(round(at * 1_000_000))
-        self._f.write(struct.pack("<IIII", usec // 1_000_000, usec % 1_000_000,
-                                  len(frame), len(frame)))
-        self._f.write(frame)
+        self._buf += struct.pack("<IIII", usec // 1_000_000, usec % 1_000_000,
+                                 len(frame), len(frame))
+        self._buf += frame
         self.packets += 1
+        if len(self._buf) >= self.BUFFER:
+            try:
+                self._flush()
+            except OSError as e:
+                self.error = e
+
+    def _flush(self):
+        """Write all that is buffered: os.write may take only part of it."""
+        done = 0
+        try:
+            while done < len(self._buf):
+                with memoryview(self._buf) as view:
+                    done += os.write(self._fd, view[done:])
+        finally:
+            del self._buf[:done]
 
     def close(self):
-        self._f.close()
+        """Write what is buffered and close; PFError if any write failed (once)."""
+        if self._fd is None:
+            return
+        try:
+            if self.error is None:
+                self._flush()
+        except OSError as e:
+            self.error = e
+        finally:
+            fd, self._fd = self._fd, None
+            self._buf.clear()
+            try:
+                os.close(fd)
+            except OSError as e:    # NFS reports a failed write at close
+                self.error = self.error or e
+        if self.error is not None:
+            raise PFError(f"cannot write the capture to {self.path}: "
+                          f"{self.error.strerror or self.error}")
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None:
+            self.close()
+        else:
+            try:
+                self.close()
+            except PFError:
+                pass        # the error already on its way out says more
+
+
+def _open_output(path):
+    """(fd, temporary name or None, final name) for writing a new capture to path."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+    if mode is not None and not stat.S_ISREG(mode):
+        return os.open(path, os.O_WRONLY), None, path
+    target = os.path.realpath(path)
+    tmp = f"{target}.tmp{os.getpid()}"
+    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), tmp, target
+
+
+def _unlink_quietly(path):
+    """Remove a temporary file; one that cannot be removed is no reason to fail."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

@@ -1,13 +1,22 @@
 """pcap and pcapng files: what tcpdump -w writes on a sync interface, read back exactly;
 pcapng files are built here from the specification, independently of pfhistory."""
 
+import errno
+import os
+import signal
+import sqlite3
+import stat
 import struct
+import subprocess
+import sys
 
 import pytest
 
-from conftest import run_cli
+from conftest import START, run_cli
 from pfhistory import capture, pfsync
 from pfhistory.capture import CaptureError, PcapWriter
+from pfhistory.exceptions import PFError
+from pfhistory.simulate import SimulationConfig
 
 DGRAM = pfsync.encode_ip(pfsync.encode([pfsync.del_c(0x1A2B3C4D, 42)]))
 ETH = bytes(6) + bytes(6)
@@ -145,3 +154,128 @@ def test_simulate_pfsync_cli(tmp_path):
     assert bad.returncode == 1 and "leave out --out" in bad.stderr and "Traceback" not in bad.stderr
     neither = run_cli("simulate")
     assert neither.returncode == 1 and "--out DIR" in neither.stderr
+
+
+def test_writer_replaces_an_existing_file_owner_only(tmp_path):
+    """An existing capture is replaced, as report -o replaces its file, not truncated in
+    place: the new one is owner-only, and whoever holds the old file keeps the old bytes."""
+    path, other, link = tmp_path / "out.pcap", tmp_path / "other-name", tmp_path / "link"
+    path.write_bytes(b"someone's notes")
+    path.chmod(0o644)
+    os.link(path, other)
+    link.symlink_to(path)
+    with PcapWriter(link) as w:
+        w.write(1.0, DGRAM)
+    assert link.is_symlink() and (path.stat().st_mode & 0o777) == 0o600
+    assert [f.data for f in _read(link)] == [DGRAM]
+    assert other.read_bytes() == b"someone's notes" and (other.stat().st_mode & 0o777) == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "other-name", "out.pcap"]
+    path.chmod(0o644)
+    r = run_cli("simulate", "--pfsync", path, "--states", 10, "--duration", "1m")
+    assert r.returncode == 0, r.stderr
+    assert (path.stat().st_mode & 0o777) == 0o600
+
+
+def test_a_reader_that_goes_away_is_one_sentence(tmp_path):
+    """A FIFO is written in place; its header at once (a bad target fails before any
+    packet), and a write that fails later is a PFError when the capture is closed."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    w = PcapWriter(fifo)
+    assert len(os.read(reader, 100)) == 24
+    os.close(reader)
+    w.write(1.0, DGRAM)
+    with pytest.raises(PFError) as e:
+        w.close()
+    assert str(e.value) == f"cannot write the capture to {fifo}: Broken pipe"
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mknod, raw sockets)")
+
+
+def _full_device(path):
+    """A device node like /dev/full: every write fails with ENOSPC (a full disk)."""
+    os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 7))
+    return path
+
+
+@needs_root
+def test_a_full_device_fails_at_open_and_stays_a_device(tmp_path):
+    dev = _full_device(tmp_path / "full")
+    with pytest.raises(OSError) as e:
+        PcapWriter(dev)
+    assert e.value.errno == errno.ENOSPC
+    assert stat.S_ISCHR(os.stat(dev).st_mode)
+
+
+@pytest.fixture
+def netns_lo():
+    """A network namespace of its own (only lo, up), so no other test's pfsync is heard."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create a network namespace and raw sockets")
+    name = f"pfhcap{os.getpid()}"
+    try:
+        r = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    except FileNotFoundError:
+        pytest.skip("the ip command (iproute2) is not installed")
+    if r.returncode != 0:
+        pytest.skip(f"cannot create a network namespace: {r.stderr.strip()}")
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def _in(ns, *args):
+    return ["ip", "netns", "exec", ns, sys.executable, "-m", "pfhistory", *map(str, args)]
+
+
+def test_listen_refuses_a_full_capture_target_before_listening(netns_lo, tmp_path):
+    dev = _full_device(tmp_path / "myfull")
+    r = subprocess.run(_in(netns_lo, "listen", "-v", "--iface", "lo", "--db", tmp_path / "h.db",
+                           "--write-pcap", dev), capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert r.stderr == f"pfhistory: --write-pcap {dev}: No space left on device\n"
+    assert stat.S_ISCHR(os.stat(dev).st_mode)
+
+
+def test_a_capture_failing_mid_run_loses_nothing_from_the_database(netns_lo, tmp_path):
+    """The database is the product, the capture a copy: when the capture cannot be
+    written any more (its reader went away, as a disk fills), listen still records every
+    packet, and says so in one sentence with status 1 when it stops."""
+    from test_syncrecorder import truth
+
+    fifo, db = tmp_path / "pipe", tmp_path / "h.db"
+    os.mkfifo(fifo)
+    reader = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdout.buffer.write("
+                               "open(sys.argv[1], 'rb').read(24))", fifo],
+                              stdout=subprocess.PIPE)
+    listener = subprocess.Popen(_in(netns_lo, "listen", "-v", "--iface", "lo", "--db", db,
+                                    "--write-pcap", fifo), stderr=subprocess.PIPE, text=True)
+    try:
+        line = listener.stderr.readline()
+        assert "listening for pfsync" in line, line + listener.stderr.read()
+        assert reader.communicate(timeout=30)[0][:4] == struct.pack("<I", 0xA1B2C3D4)
+        # About 4 MB of pfsync: more than the capture's buffer, so writes fail mid-run.
+        sent = subprocess.run(_in(netns_lo, "simulate", "--pfsync", tmp_path / "sent.pcap",
+                                  "--send", "127.0.0.1", "--states", 2000, "--duration", "10m",
+                                  "--seed", 5, "--pps", 5000),
+                              capture_output=True, text=True, timeout=300)
+        assert sent.returncode == 0, sent.stderr
+    finally:
+        listener.send_signal(signal.SIGINT)
+        _out, err = listener.communicate(timeout=120)
+        reader.kill()
+        reader.wait()
+    assert listener.returncode == 1, err
+    assert err == f"pfhistory: cannot write the capture to {fifo}: Broken pipe\n"
+    cfg = SimulationConfig(states=2000, duration=600.0, seed=5, start=START)
+    con = sqlite3.connect(db)
+    try:
+        got = {r[0] for r in con.execute("SELECT state_id FROM states")}
+    finally:
+        con.close()
+    assert got == set(truth(cfg))
