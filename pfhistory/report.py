@@ -109,18 +109,19 @@ def build_report(conn, since, until, database="", top=TOP, now=None):
                  generated_at=int(now if now is not None else
                                   datetime.now(timezone.utc).timestamp()))
     colls = queries.collections_between(conn, since, until)
+    batches = queries.batches_between(conn, since, until)
     before, after, first_id = queries.collection_neighbours(conn, since, until)
-    rep.sections.append(_coverage(colls, since, until, before, after))
-    if not colls:
+    rep.sections.append(_coverage(colls, since, until, before, after, batches))
+    if not colls and not batches:
         return rep
-    b = _Builder(conn, rep, colls, since, until, first_id, top)
+    b = _Builder(conn, rep, colls, batches, since, until, first_id, top)
     b.overview()
     b.top_lists()
     b.odd()
     return rep
 
 
-def _coverage(colls, since, until, before, after):
+def _coverage(colls, since, until, before, after, batches=()):
     sec = Section("coverage", "Coverage")
     times = [c[1] for c in colls]
     gaps_t = Table("gaps", "Gaps between collections (blind spots)",
@@ -129,11 +130,26 @@ def _coverage(colls, since, until, before, after):
                     ["collections", "first", "last", "usual interval"],
                     ["int", "time", "time", "duration"])
     sec.tables += [summary, gaps_t]
+    if batches:
+        sec.tables.append(Table("batches", "pfsync batches in the period",
+                                ["batches", "first", "last"], ["int", "time", "time"],
+                                [(len(batches), batches[0][1], batches[-1][1])]))
     if not times:
-        sec.lines.append(f"No collection was taken between {format_epoch(since)} and {format_epoch(until)}: "
-                         f"the history knows nothing of this period.")
         summary.rows = [(0, None, None, None)]
         gaps_t.rows = [(since, until, until - since)]
+        if batches:
+            # pfsync batches are collections of the states pfsync announced, not of
+            # the whole table: no gap between them can be told from a quiet spell.
+            sec.lines.append(
+                f"No snapshot was taken between {format_epoch(since)} and {format_epoch(until)}; "
+                f"the history holds {len(batches):,} pfsync batches of it, from "
+                f"{format_epoch(batches[0][1])} to {format_epoch(batches[-1][1])}: the states "
+                f"pfsync announced as they were created, changed and removed. No snapshot "
+                f"counted the whole table, so concurrent states are not known, and a time the "
+                f"listener was not running does not show as a gap.")
+        else:
+            sec.lines.append(f"No collection was taken between {format_epoch(since)} and "
+                             f"{format_epoch(until)}: the history knows nothing of this period.")
         return sec
     steps = [b - a for a, b in zip(times, times[1:])]
     if before is not None:
@@ -162,8 +178,8 @@ def _coverage(colls, since, until, before, after):
 
 
 class _Builder:
-    def __init__(self, conn, rep, colls, since, until, first_id, top):
-        self.conn, self.rep, self.colls = conn, rep, colls
+    def __init__(self, conn, rep, colls, batches, since, until, first_id, top):
+        self.conn, self.rep, self.colls, self.batches = conn, rep, colls, batches
         self.since, self.until, self.first_id, self.top = since, until, first_id, top
         self.hour_lo = since - since % 3600
         self.hour_hi = -(-until // 3600) * 3600     # rollup hours are (h, h + 3600]
@@ -199,8 +215,7 @@ class _Builder:
         counted = [c for c in colls if c[0] != self.first_id]
         # pfsync batches (as rollups count them): the states they first saw or ended,
         # and what moved, each in the interval of the next snapshot.
-        batches = [b for b in queries.batches_between(self.conn, self.since, self.until)
-                   if b[0] != self.first_id]
+        batches = [b for b in self.batches if b[0] != self.first_id]
         into = {}
         times = [c[1] for c in colls]
         for b in batches:
@@ -209,22 +224,33 @@ class _Builder:
                 into.setdefault(colls[i][0], []).append(b)
         new = sum(c[3] for c in counted) + sum(b[2] for b in batches)
         ended = sum(c[4] for c in counted) + sum(b[3] for b in batches)
-        seen = colls[0][2] + new
-        peak = max(colls, key=lambda c: (c[2], -c[1]))
         moved_b = sum(c[6] for c in counted) + sum(b[5] for b in batches)
         moved_p = sum(c[5] for c in counted) + sum(b[4] for b in batches)
         t = Table("overview", "The period in numbers", ["measure", "value"], ["text", "int"])
+        if colls:
+            # The first snapshot's states, and those first seen after it (its own
+            # new states are among its states: counting them again was a double count).
+            seen = colls[0][2] + sum(c[3] for c in colls[1:]) + sum(b[2] for b in batches)
+            peak = max(colls, key=lambda c: (c[2], -c[1]))
+            t.note = f"Peak at {format_epoch(peak[1])}. "
+            sec.lines.append(f"Peak: {peak[2]:,} concurrent states at {format_epoch(peak[1])}.")
+        else:
+            seen, peak = None, (None, None, None)
+            sec.lines.append("pfsync batches only: no snapshot counted the whole table, so "
+                             "the states seen and the peak of concurrent states are not known.")
         t.rows = [("states seen", seen), ("new states", new), ("ended states", ended),
                   ("peak concurrent states", peak[2]), ("bytes moved", moved_b),
                   ("packets moved", moved_p)]
-        t.note = (f"Peak at {format_epoch(peak[1])}. New and ended states are those first seen "
-                  f"and last seen between collections; states that began and ended "
-                  f"between two collections are not counted.")
-        if batches:
+        t.note += ("New and ended states are those first seen and last seen between "
+                   "collections; states that began and ended between two collections are "
+                   "not counted.")
+        if batches and colls:
             t.note += (f" With the {len(batches):,} pfsync batches of the period: the states "
                        f"they saw begin or end are counted, each batch in the interval of the "
                        f"next snapshot (those after the last one in these totals only).")
-        sec.lines.append(f"Peak: {peak[2]:,} concurrent states at {format_epoch(peak[1])}.")
+        elif batches:
+            t.note += (f" From the {len(batches):,} pfsync batches of the period (the "
+                       f"history's first collection, its baseline, left out).")
         if self.open_hours:
             hours = ", ".join(format_epoch(w.hour) for w in self.open_hours)
             sec.lines.append(f"Hours not yet in the rollups, computed for this report: "
@@ -249,6 +275,16 @@ class _Builder:
 
         series.rows = [(c[1], c[2], plus(c, 3, 2), plus(c, 4, 3), plus(c, 6, 5))
                        for c in colls]
+        if not colls:
+            # Batches come every fraction of a second: one row per minute (m, m + 60].
+            minutes = {}
+            for b in batches:
+                row = minutes.setdefault(-(-b[1] // 60) * 60, [0, 0, 0])
+                row[0] += b[2]
+                row[1] += b[3]
+                row[2] += b[5]
+            series.title = "Per minute (pfsync batches)"
+            series.rows = [(m, None, *v) for m, v in sorted(minutes.items())]
         sec.tables += [t, series]
         sec.charts += [Chart("concurrent", "Concurrent states", "timeline", 0, [1]),
                        Chart("new", "New states per interval", "timeline", 0, [2], "bar"),
@@ -351,7 +387,12 @@ class _Builder:
         """(count, longest-lived rows) of the states alive at instant at."""
         row = queries.collection_states_at(self.conn, at)
         if row is None:
-            return 0, []
+            # No snapshot by then: the newest pfsync batch (how many states were
+            # alive is not known; it only picks the scan below).
+            row = queries.collection_at_or_before(self.conn, at)
+            if row is None:
+                return 0, []
+            row = (row[0], 0)
         c_id, alive = row
         pk_max = queries.first_pk_after(self.conn, c_id) - 1
         # Scan whichever is smaller: the states first seen by then (pk range)

@@ -680,3 +680,61 @@ def test_collect_from_pcap_rolls_up_the_hours_its_batches_complete(tmp_path):
     out = run_cli("summary", "--db", db)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(f"snapshots: 0\npfsync batches: {len(times)} from ")
+
+
+@pytest.mark.parametrize("start, end", [(2, 4), (30, 45), (38, 44), (0, 91)])
+def test_states_seen_counts_each_state_once_in_any_period(recorded, start, end):
+    """States seen: the distinct states of the period's collections, wherever the
+    period starts (its first collection's new states are among that collection's)."""
+    db, decoded, _truth, _snaps = recorded
+    since, until = (START + timedelta(minutes=m) for m in (start, end))
+    doc = _report_json(db, since.isoformat(), until.isoformat())
+    seen = dict(_tables(doc)["overview"])["states seen"]
+    ids = set().union(*(set(s) for t, s in decoded if since <= t <= until))
+    lo, hi = _sql(db, "SELECT min(id), max(id) FROM collections WHERE collected_at "
+                      "BETWEEN ? AND ?", int(since.timestamp()), int(until.timestamp()))[0]
+    assert seen == len(ids) == _sql(
+        db, "SELECT count(*) FROM states WHERE first_seen <= ? "
+            "AND (last_seen IS NULL OR last_seen >= ?)", hi, lo)[0][0]
+
+
+def test_a_pfsync_only_history_is_reported_from_its_batches(tmp_path):
+    """pfsync batches are collections: a period they cover is described from them
+    (what began, ended and moved, the top lists, the states alive at its end); a
+    period before them is still one the history knows nothing of."""
+    pcap, db = tmp_path / "fw.pcap", tmp_path / "h.db"
+    out = run_cli("simulate", "--pfsync", pcap, "--states", 50, "--duration", "3m",
+                  "--start", START.isoformat(), "--seed", 5)
+    assert out.returncode == 0, out.stderr
+    out = run_cli("collect", "--db", db, "--from-pcap", pcap)
+    assert out.returncode == 0, out.stderr
+    since, until = START - timedelta(hours=1), START + timedelta(hours=2)
+    doc = _report_json(db, since.isoformat(), until.isoformat())
+    tables = {t["key"]: t["rows"] for s in doc["sections"] for t in s["tables"]}
+    cover = " ".join(doc["sections"][0]["lines"])
+    assert "knows nothing" not in cover and "pfsync batches" in cover
+    assert tables["batches"] == [list(r) for r in _sql(
+        db, "SELECT count(*), min(collected_at), max(collected_at) FROM collections "
+            "WHERE kind = 1")]
+    # The first batch is the baseline, as a first snapshot is.
+    overview = dict(tables["overview"])
+    assert (overview["new states"], overview["ended states"], overview["bytes moved"]) == (
+        _sql(db, "SELECT count(*) FROM states WHERE first_seen > 1")[0][0],
+        _sql(db, "SELECT count(*) FROM states WHERE ended_before > 1")[0][0],
+        _sql(db, "SELECT sum(bytes) FROM collections WHERE id > 1")[0][0])
+    assert overview["new states"] > 0 and overview["ended states"] > 0
+    # The top lists count every state the batches saw (the baseline's too) and
+    # add up to what the collections moved.
+    assert sorted(tuple(r[:2]) for r in tables["interfaces"]) == _sql(
+        db, "SELECT ifname, count(*) FROM states GROUP BY ifname ORDER BY ifname")
+    assert sum(r[2] for r in tables["interfaces"]) == overview["bytes moved"]
+    # Longest-lived: the states open at the end of the period, from their creation.
+    latest = _sql(db, "SELECT max(collected_at) FROM collections")[0][0]
+    lived = sorted((min(last, int(until.timestamp())) - created for created, last in _sql(
+        db, "SELECT created_at, COALESCE(last_seen_at, ?) FROM states "
+            "WHERE ended_before IS NULL", latest)), reverse=True)
+    assert [r[7] for r in tables["longest"]] == lived[:10] != []
+    before = run_cli("report", "--db", db, "--since", (since - timedelta(days=1)).isoformat(),
+                     "--until", since.isoformat())
+    assert before.returncode == 0, before.stderr
+    assert "the history knows nothing of this period" in before.stdout
