@@ -15,6 +15,7 @@ from pfhistory.exceptions import PFError
 __all__ = ["main", "build_parser"]
 
 PROG = "pfhistory"
+_MAX_INT64 = 2**63 - 1   # the database's integers
 
 
 class _Parser(argparse.ArgumentParser):
@@ -106,7 +107,24 @@ def _positive_int(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if n < 0:
         raise argparse.ArgumentTypeError(f"{text!r} is negative")
+    if n > _MAX_INT64:
+        raise argparse.ArgumentTypeError(f"{text!r} is too large (at most {_MAX_INT64})")
     return n
+
+
+# SQLite's busy timeout is a 32-bit count of milliseconds.
+_MAX_WAIT_S = (2**31 - 1) // 1000
+
+
+def _wait_seconds(text):
+    try:
+        wait = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= wait <= _MAX_WAIT_S:   # also refuses nan
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not between 0 and {_MAX_WAIT_S} seconds (24 days)")
+    return wait
 
 
 def _at_least_one(text):
@@ -208,7 +226,7 @@ def _add_collect(sub):
                    help="which addresses are local hosts in reports, kept for later runs "
                         "(default: 10/8, 172.16/12, 192.168/16, 100.64/10, 169.254/16, "
                         "fc00::/7, fe80::/10)")
-    p.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
+    p.add_argument("--wait", type=_wait_seconds, default=30.0, metavar="SECONDS",
                    help="how long to wait for another collector to finish (default 30)")
     p.add_argument("--no-rollups", action="store_true",
                    help="leave the hours its snapshots complete to `pfhistory rollup` (a "
@@ -218,7 +236,8 @@ def _add_collect(sub):
                    help="one line per collection, ending with how long rolling up the hours "
                         "it completed took (rollups N ms); with --from-pcap one line in all")
     p.add_argument("--syslog", action="store_true",
-                   help="also send the outcome to syslog (daemon facility)")
+                   help="also send failures, and with -v each collection's line, to syslog "
+                        "(daemon facility)")
     p.set_defaults(func=_cmd_collect)
 
 
@@ -257,9 +276,9 @@ def _cmd_rollup(args):
 
 
 def _add_batch_options(p):
-    p.add_argument("--batch-packets", type=_positive_int, default=512, metavar="N",
+    p.add_argument("--batch-packets", type=_at_least_one, default=512, metavar="N",
                    help="pfsync: one transaction per N packets at most (default 512)")
-    p.add_argument("--batch-ms", type=_positive_int, default=200, metavar="MS",
+    p.add_argument("--batch-ms", type=_at_least_one, default=200, metavar="MS",
                    help="pfsync: or per MS milliseconds of traffic (default 200)")
 
 
@@ -279,28 +298,28 @@ def _cmd_collect_pcap(args):
     from pfhistory.db import require_current_schema, write_transaction
     from pfhistory.timespec import parse_duration
 
-    if args.from_file or args.at:
+    if args.from_file or args.at is not None:
         raise PFError("--from-pcap takes its times from the packets: leave out "
                       "--from-file and --at")
     retention = int(parse_duration(args.sample_retention, "--sample-retention"))
     for _frame in read_frames(args.from_pcap):        # refuse a bad file before any DB
         pass
-    networks = rollup.parse_networks(args.local_networks) if args.local_networks else None
+    networks = (rollup.parse_networks(args.local_networks)
+                if args.local_networks is not None else None)
     url, engine = _open_db(args.db, create=True, wait=args.wait)
     try:
         require_current_schema(engine, url, create=True)
         if networks is not None:
             with write_transaction(engine) as conn:
                 queries.set_setting(conn, rollup.LOCAL_NETWORKS_SETTING, ",".join(networks))
-        # Rolls up every hour the batches complete, as they complete.
+        # Rolls up every hour the batches complete, as they complete (not with --no-rollups).
         recorder = syncrecorder.ingest_capture(
             engine, args.from_pcap, batch_packets=args.batch_packets, batch_ms=args.batch_ms,
-            sample_retention=retention)
+            sample_retention=retention, rollups=not args.no_rollups)
         if args.verbose:
             _say(args, f"{args.from_pcap}: {_pfsync_summary(recorder)}")
     finally:
         engine.dispose()
-        _owner_only(url)
     return 0
 
 
@@ -311,7 +330,8 @@ def _cmd_collect(args):
     if args.from_pcap:
         return _cmd_collect_pcap(args)
     retention = parse_duration(args.sample_retention, "--sample-retention")
-    networks = rollup.parse_networks(args.local_networks) if args.local_networks else None
+    networks = (rollup.parse_networks(args.local_networks)
+                if args.local_networks is not None else None)
     snapshots = _snapshots(args)
     url, engine = _open_db(args.db, create=True, wait=args.wait)
     try:
@@ -336,32 +356,50 @@ def _cmd_collect(args):
                            f"{result.duration_ms} ms, rollups {rollup_ms} ms")
     finally:
         engine.dispose()
-        _owner_only(url)
     return 0
 
 
+# How far a snapshot's time may run ahead of this machine's clock (clocks of a
+# firewall and of the host reading its files differ a little).
+_FUTURE_SLACK_S = 300
+
+
 def _snapshots(args):
-    """The snapshots to record, checked before anything is written."""
+    """The snapshots to record, checked before anything is written: every file
+    readable, in time order, none dated in the future. A wrong date would stay:
+    the history only moves forward, and samples expire by it."""
     import time as _time
 
     from pfhistory import live, statefile
     from pfhistory.collector import Snapshot
-    from pfhistory.timespec import parse_time
+    from pfhistory.timespec import format_epoch, parse_time
 
-    at = int(parse_time(args.at, what="--at").timestamp()) if args.at else None
+    at = int(parse_time(args.at, what="--at").timestamp()) if args.at is not None else None
+    now = int(_time.time())
     if not args.from_file:
         if not live.is_openbsd():
             raise PFError(live.NOT_OPENBSD + " (--from-file PATH)")
-        return [Snapshot(None, at if at is not None else int(_time.time()), live.DEFAULT_DEVICE)]
-    if at is not None and len(args.from_file) > 1:
+        snapshots = [Snapshot(None, at if at is not None else now, live.DEFAULT_DEVICE)]
+    elif at is not None and len(args.from_file) > 1:
         raise PFError("--at gives one time; record one state file with it")
-    snapshots = []
-    for path in args.from_file:
-        f, _count = statefile.open_state_file(path)
-        with f:
-            mtime = int(os.fstat(f.fileno()).st_mtime)
-        snapshots.append(Snapshot(path, at if at is not None else mtime,
-                                  os.path.abspath(path)))
+    else:
+        snapshots = []
+        for path in args.from_file:
+            f, _count = statefile.open_state_file(path)
+            with f:
+                mtime = int(os.fstat(f.fileno()).st_mtime)
+            snapshots.append(Snapshot(path, at if at is not None else mtime,
+                                      os.path.abspath(path)))
+    for before, snapshot in zip([None, *snapshots], snapshots):
+        dated = "--at" if at is not None else "its mtime"
+        if snapshot.collected_at > now + _FUTURE_SLACK_S:
+            raise PFError(f"{snapshot.origin}: dated {format_epoch(snapshot.collected_at)} "
+                          f"({dated}), later than this machine's clock "
+                          f"({format_epoch(now)}); nothing recorded")
+        if before is not None and snapshot.collected_at < before.collected_at:
+            raise PFError(f"{snapshot.origin}: taken at {format_epoch(snapshot.collected_at)}, "
+                          f"before {before.origin} given ahead of it: give the state files "
+                          f"oldest first; nothing recorded")
     return snapshots
 
 
@@ -372,14 +410,12 @@ def _open_db(db, create=False, readonly=False, wait=30.0):
     return url, open_engine(url, create=create, readonly=readonly, wait=wait)
 
 
-def _owner_only(url):
-    from pfhistory.db import ensure_owner_only
-
-    ensure_owner_only(url)
-
-
 def _say(args, line):
-    print(line)
+    try:
+        print(line)
+    except BrokenPipeError:
+        # The reader went away (collect -v | head): the recording goes on.
+        _discard_stdout()
     if getattr(args, "syslog", False):
         _syslog(line)
 
@@ -433,7 +469,6 @@ def _cmd_db(args):
         print(f"{url.render_as_string(hide_password=True)}: schema at {head}")
     finally:
         engine.dispose()
-        _owner_only(url)
     return 0
 
 
@@ -445,7 +480,9 @@ def _add_prune(sub):
                     "samples, in short batches (the write lock is never held for more than "
                     "about a second), and hand freed space back incrementally: never a "
                     "blocking full VACUUM. States the hour not yet rolled up still counts "
-                    "are kept until it is (the rollups keep what reports need).",
+                    "are kept until it is: the rollups keep the hourly figures reports "
+                    "read, while lists of single connections (the largest ones) lose "
+                    "the states pruned.",
         epilog="Examples:\n  pfhistory prune --before 90d\n"
                "  pfhistory prune --before 2026-09-01 --db /var/db/pfhistory/history.db\n",
     )
@@ -540,7 +577,7 @@ def _add_show(sub):
                     "(local time unless an offset is given) or durations back from now "
                     "(90m, 2h, 3d).",
         epilog="Examples:\n"
-               "  pfhistory show --host 10.0.0.23 --since 02:00 --until 03:00\n"
+               "  pfhistory show --host 10.0.0.23 --since 2026-11-24T02:00 --until 2026-11-24T03:00\n"
                "  pfhistory show --nat --host 203.0.113.7 --port 51234 --at 2026-11-24T10:02\n"
                "  pfhistory show --port 3389 --open --format json\n"
                "  pfhistory show --at 2h -vv                 # the table two hours ago\n",
@@ -697,11 +734,12 @@ def _add_listen(sub):
     p.add_argument("--sample-retention", default="24h", metavar="DURATION",
                    help="how long the values states had before each change are kept "
                         "(default 24h)")
-    p.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
+    p.add_argument("--wait", type=_wait_seconds, default=30.0, metavar="SECONDS",
                    help="how long one write waits for the cron collector (default 30)")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="say when listening starts, and the counts when it stops")
-    p.add_argument("--syslog", action="store_true", help="also log to syslog")
+    p.add_argument("--syslog", action="store_true",
+                   help="also send failures, and with -v what it logs, to syslog")
     p.set_defaults(func=_cmd_listen)
 
 
@@ -720,7 +758,6 @@ def _cmd_listen(args):
         raise
     try:
         require_current_schema(engine, url, create=True)
-        _owner_only(url)
 
         def log(line):
             if args.verbose:
@@ -735,7 +772,6 @@ def _cmd_listen(args):
         log(f"stopped: {_pfsync_summary(recorder)}")
     finally:
         engine.dispose()
-        _owner_only(url)
     return 0
 
 
@@ -763,14 +799,69 @@ def build_parser():
     return parser
 
 
+class _OutputError(PFError):
+    """Standard output cannot be written (a full disk, a device that refuses)."""
+
+
+class _GuardedStdout:
+    """sys.stdout while a command runs: a failed write becomes one sentence
+    (_OutputError) instead of a traceback; a reader that went away stays a
+    BrokenPipeError, which is no error of ours."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _guarded(self, call, *args):
+        try:
+            return call(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise _OutputError(f"cannot write to standard output: "
+                               f"{e.strerror or e}") from None
+
+    def write(self, text):
+        return self._guarded(self._stream.write, text)
+
+    def flush(self):
+        return self._guarded(self._stream.flush)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _discard_stdout():
+    """Send what is still buffered for standard output nowhere, so that
+    Python's flush at exit does not fail a second time."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):
+        return  # not a file (a test's capture): nothing is flushed at exit
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
 def main(argv=None):
     """Run the command line; return the exit status."""
     os.umask(0o077)  # databases, reports and snapshots: owner-only
     parser = build_parser()
     args = parser.parse_args(argv)
+    stdout = sys.stdout
+    sys.stdout = _GuardedStdout(stdout)
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # a write that fails fails here, not at exit
+        return status
+    except BrokenPipeError:
+        # The reader (head, less) went away: not an error of ours.
+        sys.stdout = stdout
+        _discard_stdout()
+        return 0
     except PFError as e:
+        if isinstance(e, _OutputError):
+            sys.stdout = stdout
+            _discard_stdout()
         return _fail(args, str(e))
     except Exception as e:  # database errors a user can act on
         from pfhistory.db import describe_db_error, is_db_error, resolve_url
@@ -779,11 +870,8 @@ def main(argv=None):
             raise
         return _fail(args, describe_db_error(e, resolve_url(getattr(args, "db", None)),
                                              getattr(args, "wait", 30.0)))
-    except BrokenPipeError:
-        # The reader (head, less) went away: not an error of ours.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 0
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        sys.stdout = stdout

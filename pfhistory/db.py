@@ -13,6 +13,8 @@ they begin, which serializes them as BEGIN IMMEDIATE does on SQLite.
 """
 
 import os
+import re
+import shlex
 import sqlite3
 from importlib import resources
 import stat
@@ -52,15 +54,28 @@ def default_path():
 def resolve_url(db=None):
     """A SQLAlchemy URL from --db, $PFHISTORY_DB or the default path.
 
-    A plain path (no "://") means a SQLite file.
+    A plain path (no "://") means a SQLite file. An empty $PFHISTORY_DB counts
+    as unset (as in a crontab's `PFHISTORY_DB=`); an empty --db is a mistake.
     """
-    text = db or os.environ.get(DB_ENV) or str(default_path())
+    if db is not None:
+        text, origin = db, "--db"
+    elif os.environ.get(DB_ENV):
+        text, origin = os.environ[DB_ENV], f"${DB_ENV}"
+    else:
+        text, origin = str(default_path()), "the default path"
+    if not text:
+        raise DatabaseError(f"{origin} is empty: give a file or a database URL")
     if "://" not in text:
         return make_url("sqlite://").set(database=os.path.abspath(text))
     try:
-        return make_url(text)
-    except ArgumentError:
-        raise DatabaseError(f"--db {text!r} is not a database URL or path") from None
+        url = make_url(text)
+    except (ArgumentError, ValueError):  # ValueError: a port that is no number
+        shown = re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", text)  # never print a password
+        raise DatabaseError(f"{origin} {shown!r} is not a database URL or path") from None
+    if _is_sqlite(url) and _sqlite_file(url) is None:
+        raise DatabaseError(f"{origin} {text!r} is an in-memory database, which keeps "
+                            f"nothing: give a file")
+    return url
 
 
 def _is_sqlite(url):
@@ -78,9 +93,18 @@ _SQLITE_HEADER_SIZE = 100
 
 def _prepare_sqlite_file(path, create):
     """Create the file's directory (0700) and the file (0600) if asked."""
-    if path.exists():
-        if path.is_dir():
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as e:
+        raise DatabaseError(f"{path}: cannot use it as the database: {e.strerror}") from None
+    if mode is not None:
+        if stat.S_ISDIR(mode):
             raise DatabaseError(f"{path}: is a directory, not a database")
+        if not stat.S_ISREG(mode):
+            # A device or FIFO: SQLite would write its journal beside it.
+            raise DatabaseError(f"{path}: is not a regular file, not a database")
         size = path.stat().st_size
         if 0 < size < _SQLITE_HEADER_SIZE:
             # Too short for SQLite's header: SQLite would take it for an empty
@@ -122,7 +146,10 @@ def _on_sqlite_connect(dbapi_conn, _record, wait):
         if cur.execute("PRAGMA page_count").fetchone()[0] == 0:
             # Only a new database can switch; it must happen before any table.
             cur.execute("PRAGMA auto_vacuum = INCREMENTAL")
-        cur.execute("PRAGMA journal_mode = WAL")
+            cur.execute("PRAGMA journal_mode = WAL")
+        # An existing file switches to WAL only once it is known to be a
+        # pfhistory database (claim_sqlite_file): another application's is left
+        # exactly as it was.
     except sqlite3.OperationalError:
         pass  # read-only file or directory: readers still work
     cur.close()
@@ -278,6 +305,8 @@ def schema_status(engine, url):
         return "current", current
     if current in _known_revisions(url):
         return "old", current
+    if not {"collections", "states"} <= tables:
+        return "foreign", current   # another application's alembic history
     return "newer", current
 
 
@@ -289,26 +318,26 @@ def require_current_schema(engine, url, create=False):
     """Make sure the schema is this pfhistory's head; create it on an empty
     database when create. An older schema is refused with the command that
     upgrades it (a migration on a big history is the admin's decision)."""
-    if _recorded_revision(engine) == SCHEMA_HEAD:
-        return
-    status, revision = schema_status(engine, url)
-    if status == "current":
-        return
-    if status == "empty":
-        if not create:
-            raise DatabaseError(f"{_shown(url)}: the database is empty: no history recorded yet")
-        upgrade(engine, url)
-        return
-    _refuse_foreign_or_newer(status, revision, url)
-    raise DatabaseError(f"{_shown(url)}: its schema ({revision}) is older than this "
-                        f"pfhistory's; run: pfhistory db upgrade --db {_shown(url)}")
+    if _recorded_revision(engine) != SCHEMA_HEAD:
+        status, revision = schema_status(engine, url)
+        if status == "empty":
+            if not create:
+                raise DatabaseError(f"{_shown(url)}: the database is empty: "
+                                    f"no history recorded yet")
+            upgrade(engine, url)
+        elif status != "current":
+            _refuse_foreign_or_newer(status, revision, url)
+            raise DatabaseError(f"{_shown(url)}: its schema ({revision}) is older than this "
+                                f"pfhistory's; run: pfhistory db upgrade --db "
+                                f"{shlex.quote(_shown(url))}")
+    claim_sqlite_file(engine, url)
 
 
 def _refuse_foreign_or_newer(status, revision, url):
     """Databases no migration of ours may touch."""
     if status == "foreign":
         raise DatabaseError(f"{_shown(url)}: is not a pfhistory database "
-                            f"(it has tables but no single pfhistory schema version)")
+                            f"(it has tables but no pfhistory schema version)")
     if status == "newer":
         raise DatabaseError(f"{_shown(url)}: its schema ({revision}) is newer than this "
                             f"pfhistory knows; upgrade pfhistory")
@@ -320,7 +349,30 @@ def upgrade_to_head(engine, url):
     _refuse_foreign_or_newer(status, revision, url)
     if status != "current":
         upgrade(engine, url)
+    claim_sqlite_file(engine, url)
     return schema_status(engine, url)[1]
+
+
+def _read_only(engine):
+    return any(flag in str(engine.url) for flag in ("mode=ro", "immutable=1"))
+
+
+def claim_sqlite_file(engine, url):
+    """A SQLite file now known to be pfhistory's: owner-only, in WAL mode.
+
+    Only writers claim: a reader changes nothing (an administrator may have
+    opened the file to a group on purpose), and nobody touches a file before
+    its schema says whose it is."""
+    if not _is_sqlite(url) or _sqlite_file(url) is None or _read_only(engine):
+        return
+    ensure_owner_only(url)
+    raw = engine.raw_connection()
+    try:
+        raw.cursor().execute("PRAGMA journal_mode = WAL")
+    except sqlite3.OperationalError:
+        pass  # read-only file or directory: the command says so when it writes
+    finally:
+        raw.close()
 
 
 def upgrade(engine, url, revision="head"):

@@ -438,30 +438,39 @@ def check_not_older(engine, first_at, origin):
                       f"older captures are refused")
 
 
-def _flush_and_roll_up(recorder):
+def _flush_and_roll_up(recorder, rollups=True):
     result = recorder.flush()
-    if result is not None:
+    if result is not None and rollups:
         recorder.roll_up(result.collected_at)
 
 
+# How far a capture's packets may run ahead of this machine's clock.
+_FUTURE_SLACK_S = 300
+
+
 def ingest_capture(engine, path, batch_packets=DEFAULT_BATCH_PACKETS,
-                   batch_ms=DEFAULT_BATCH_MS, host=None, sample_retention=None):
+                   batch_ms=DEFAULT_BATCH_MS, host=None, sample_retention=None,
+                   rollups=True):
     """Record a pcap/pcapng capture of pfsync traffic, batched by packet time as a
     listener would have. The file is read through once before anything is written, so a
-    file that is not a readable capture changes nothing. Returns the SyncRecorder (its
-    ``totals`` and ``malformed`` counters)."""
+    file that is not a readable capture (or one dated in the future, which would hold
+    the history back) changes nothing. Without rollups the hours it completes are left
+    to `pfhistory rollup`. Returns the SyncRecorder (its ``totals`` and ``malformed``
+    counters)."""
     import os
 
     from pfhistory import capture
+    from pfhistory.timespec import format_epoch
 
     path = os.fspath(path)
-    first_at = None
+    first_at = newest_at = None
     for frame in capture.read_frames(path):
         if frame.kind in (capture.KIND_IP, capture.KIND_PFSYNC):
-            first_at = frame.at
-            break
-    for _frame in capture.read_frames(path):
-        pass
+            first_at = frame.at if first_at is None else first_at
+            newest_at = frame.at if newest_at is None else max(newest_at, frame.at)
+    if newest_at is not None and newest_at > time.time() + _FUTURE_SLACK_S:
+        raise PFError(f"{path}: holds packets dated {format_epoch(int(newest_at))}, later "
+                      f"than this machine's clock; nothing recorded")
     check_not_older(engine, first_at, path)
     recorder = SyncRecorder(engine, os.path.abspath(path), host=host,
                             batch_packets=batch_packets, batch_ms=batch_ms)
@@ -475,11 +484,11 @@ def ingest_capture(engine, path, batch_packets=DEFAULT_BATCH_PACKETS,
             recorder.totals["other"] += 1
             continue
         if recorder.first_at is not None and frame.at - recorder.first_at >= recorder.batch_s:
-            _flush_and_roll_up(recorder)
+            _flush_and_roll_up(recorder, rollups)
         if recorder.add(frame.at, frame.data, ip=frame.kind == capture.KIND_IP):
-            _flush_and_roll_up(recorder)
+            _flush_and_roll_up(recorder, rollups)
         last_at = frame.at
-    _flush_and_roll_up(recorder)
+    _flush_and_roll_up(recorder, rollups)
     if sample_retention is not None and first_at is not None:
         from pfhistory.collector import expire_samples
 

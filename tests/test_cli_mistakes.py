@@ -1,0 +1,290 @@
+"""A user's mistakes and a hostile environment, through the real CLI: one line on
+stderr, a non-zero exit (0 when the reader of our output went away), and
+nothing touched that is not pfhistory's."""
+
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from conftest import run_cli
+
+FIRST, SECOND = 0, 1
+
+
+@pytest.fixture(scope="module")
+def series(small_series):
+    return [path for _t, path in small_series.snapshots]
+
+
+@pytest.fixture(scope="module")
+def history(series, tmp_path_factory):
+    """The small series recorded once (read by the read-side tests only)."""
+    db = tmp_path_factory.mktemp("mistakes") / "h.db"
+    assert run_cli("collect", "--db", db, "--from-file", *series).returncode == 0
+    return db
+
+
+def _one_line(result, code=1):
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    return result.stderr.strip()
+
+
+def _foreign(path):
+    """Another application's SQLite file, readable by all, in rollback mode."""
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE notes (body TEXT)")
+    con.execute("INSERT INTO notes VALUES ('mine')")
+    con.commit()
+    con.close()
+    os.chmod(path, 0o644)
+
+
+def _as_it_was(path):
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
+    con = sqlite3.connect(path)
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert con.execute("SELECT body FROM notes").fetchall() == [("mine",)]
+    con.close()
+    assert not os.path.exists(f"{path}-wal")
+
+
+# -- where the history lives -------------------------------------------------------
+
+@pytest.mark.parametrize("command", [["collect", "--from-file", "SNAP"], ["db", "upgrade"],
+                                     ["rollup"], ["prune", "--before", "1d"],
+                                     ["summary"], ["show"]])
+def test_another_applications_sqlite_file_is_refused_and_left_as_it_was(tmp_path, series,
+                                                                       command):
+    db = tmp_path / "theirs.db"
+    _foreign(db)
+    args = [series[FIRST] if a == "SNAP" else a for a in command]
+    message = _one_line(run_cli(*args, "--db", db))
+    assert "is not a pfhistory database" in message
+    _as_it_was(db)
+
+
+def test_db_current_names_a_foreign_file_without_changing_it(tmp_path):
+    db = tmp_path / "theirs.db"
+    _foreign(db)
+    result = run_cli("db", "current", "--db", db)
+    assert result.stdout.strip() == "no schema (foreign)"
+    _as_it_was(db)
+
+
+def test_another_applications_alembic_history_is_not_called_a_newer_pfhistory(tmp_path):
+    db = tmp_path / "theirs.db"
+    _foreign(db)
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)")
+    con.execute("INSERT INTO alembic_version VALUES ('abc123')")
+    con.commit()
+    con.close()
+    message = _one_line(run_cli("db", "upgrade", "--db", db))
+    assert "is not a pfhistory database" in message and "newer" not in message
+
+
+def test_a_fifo_as_the_database_is_refused_and_nothing_is_made_beside_it(tmp_path, series):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo, 0o644)
+    message = _one_line(run_cli("collect", "--db", fifo, "--from-file", series[FIRST]))
+    assert "is not a regular file" in message
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and stat.S_IMODE(os.stat(fifo).st_mode) == 0o644
+    assert sorted(os.listdir(tmp_path)) == ["pipe"]
+
+
+@pytest.mark.parametrize("db, said", [("", "--db is empty"),
+                                      ("sqlite://", "in-memory database"),
+                                      ("sqlite:///:memory:", "in-memory database"),
+                                      ("postgresql://u:secret@h:notaport/x", "not a database URL")])
+def test_a_database_that_would_keep_nothing_or_is_no_url_is_refused(tmp_path, series, db, said):
+    message = _one_line(run_cli("collect", "--db", db, "--from-file", series[FIRST],
+                                cwd=tmp_path, env={"PFHISTORY_DB": str(tmp_path / "env.db")}))
+    assert said in message and "secret" not in message
+    assert os.listdir(tmp_path) == []
+
+
+# -- when a snapshot was taken -------------------------------------------------------
+
+def test_a_snapshot_dated_in_the_future_is_refused_and_the_history_goes_on(tmp_path, series):
+    db = tmp_path / "h.db"
+    assert run_cli("collect", "--db", db, "--from-file", *series[:2]).returncode == 0
+    con = sqlite3.connect(db)
+    before = con.execute("SELECT (SELECT count(*) FROM collections), "
+                         "(SELECT count(*) FROM samples)").fetchone()
+    message = _one_line(run_cli("collect", "--db", db, "--from-file", series[2],
+                                "--at", "9999-01-01T00:00Z"))
+    assert "later than this machine's clock" in message
+    late = tmp_path / "late.pfstate"
+    late.write_bytes(open(series[2], "rb").read())
+    os.utime(late, (4_000_000_000, 4_000_000_000))   # 2096
+    message = _one_line(run_cli("collect", "--db", db, "--from-file", late))
+    assert "(its mtime)" in message
+    assert con.execute("SELECT (SELECT count(*) FROM collections), "
+                       "(SELECT count(*) FROM samples)").fetchone() == before
+    assert run_cli("collect", "--db", db, "--from-file", *series[2:]).returncode == 0
+    assert con.execute("SELECT count(*) FROM collections").fetchone()[0] == len(series)
+
+
+def test_state_files_given_newest_first_are_refused_before_any_is_recorded(tmp_path, series):
+    db = tmp_path / "h.db"
+    message = _one_line(run_cli("collect", "--db", db, "--from-file", series[SECOND],
+                                series[FIRST]))
+    assert "oldest first" in message and os.path.basename(series[FIRST]) in message
+    assert not db.exists()
+    assert run_cli("collect", "--db", db, "--from-file", *series).returncode == 0
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--at", ""], "not an ISO 8601 time"),
+    (["--at", "0001-01-01T00:00"], "out of range"),
+    (["--at", "99999999999d"], "too long"),
+    (["--sample-retention", "99999999999999999999d"], "too long"),
+    (["--local-networks", ""], "names no network"),
+])
+def test_times_and_options_out_of_range_get_one_line(tmp_path, series, args, said):
+    db = tmp_path / "h.db"
+    message = _one_line(run_cli("collect", "--db", db, "--from-file", series[FIRST], *args))
+    assert said in message
+    assert not db.exists()
+
+
+@pytest.mark.parametrize("wait", ["nan", "inf", "-1", "1e308"])
+def test_wait_must_be_a_number_of_seconds_sqlite_can_wait(tmp_path, series, wait):
+    result = run_cli("collect", "--db", tmp_path / "h.db", "--from-file", series[FIRST],
+                     "--wait", wait)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--wait" in result.stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize("args, said", [
+    (["show", "--at", "0001-01-01"], "out of range"),
+    (["show", "--until", "0001-01-01T00:00+14:00"], "out of range"),
+    (["show", "--min-duration", "99999999999999999999d"], "too long"),
+    (["report", "--since", "99999999d"], "too long"),
+])
+def test_read_side_times_out_of_range_get_one_line(history, args, said):
+    assert said in _one_line(run_cli(*args, "--db", history))
+
+
+@pytest.mark.parametrize("option", [["show", "--limit"], ["show", "--min-bytes"],
+                                    ["summary", "--top"], ["report", "--top"]])
+def test_counts_beyond_the_databases_integers_are_refused(history, option):
+    result = run_cli(*option, str(2**63), "--db", history)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "too large" in result.stderr.splitlines()[-1]
+
+
+# -- where the output goes -----------------------------------------------------------
+
+def _closed_early(args):
+    """Run the CLI with a reader that takes one line and goes away (| head -1)."""
+    proc = subprocess.Popen([sys.executable, "-m", "pfhistory", *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    proc.stderr.close()
+    return proc.wait(timeout=600), stderr
+
+
+@pytest.mark.parametrize("command", [["show", "-vv"], ["show", "--format", "json"],
+                                     ["summary"]])
+def test_a_reader_that_goes_away_is_no_error(history, command):
+    code, stderr = _closed_early([*command, "--db", history])
+    assert code == 0 and stderr == ""
+
+
+def test_collect_goes_on_recording_when_its_reader_goes_away(tmp_path, series):
+    db = tmp_path / "h.db"
+    code, stderr = _closed_early(["collect", "-v", "--db", db, "--from-file", *series])
+    assert code == 0 and stderr == ""
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT count(*) FROM collections").fetchone()[0] == len(series)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full on this system")
+@pytest.mark.parametrize("command", [["show", "--format", "json"], ["summary"],
+                                     ["report", "--since", "2026-11-24T21:00Z"]])
+def test_a_full_disk_under_standard_output_is_one_line(history, command):
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "pfhistory", *command, "--db",
+                                 str(history)], stdout=full, stderr=subprocess.PIPE, text=True)
+    assert _one_line(result) == "pfhistory: cannot write to standard output: No space left on device"
+
+
+def test_report_writes_into_a_fifo_and_through_a_symlink_and_replaces_neither(history,
+                                                                             tmp_path):
+    fifo, link, target = tmp_path / "fifo", tmp_path / "link", tmp_path / "target"
+    os.mkfifo(fifo)
+    link.symlink_to(target)
+    reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE)
+    result = run_cli("report", "--since", "2026-11-24T21:00Z", "--db", history, "-o", fifo)
+    got = reader.communicate(timeout=60)[0].decode()
+    assert result.returncode == 0 and got.startswith("pfhistory report:")
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert run_cli("report", "--since", "2026-11-24T21:00Z", "--db", history,
+                   "-o", link).returncode == 0
+    assert os.path.islink(link) and target.read_text().startswith("pfhistory report:")
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o600
+    assert sorted(os.listdir(tmp_path)) == ["fifo", "link", "target"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a device node needs root")
+def test_report_onto_a_device_that_is_full_says_so_and_keeps_the_device(history, tmp_path):
+    full = tmp_path / "full"
+    os.mknod(full, 0o666 | stat.S_IFCHR, os.makedev(1, 7))   # what /dev/full is
+    message = _one_line(run_cli("report", "--since", "2026-11-24T21:00Z", "--db", history,
+                                "-o", full))
+    assert message.endswith("No space left on device")
+    assert stat.S_ISCHR(os.stat(full).st_mode)
+    assert os.listdir(tmp_path) == ["full"]
+
+
+@pytest.mark.parametrize("output, said", [("", "--output is empty"), (".", "is a directory")])
+def test_report_output_that_is_no_file_name(history, tmp_path, output, said):
+    message = _one_line(run_cli("report", "--db", history, "-o", output, cwd=tmp_path))
+    assert said in message
+
+
+def test_every_example_of_show_help_runs(history):
+    from pfhistory.cli import build_parser
+
+    show = build_parser()._subparsers._group_actions[0].choices["show"]
+    examples = [line.split("#")[0].split()[1:] for line in show.epilog.splitlines()
+                if line.strip().startswith("pfhistory show")]
+    assert len(examples) >= 3
+    for example in examples:
+        result = run_cli(*example, "--db", history)
+        assert result.returncode == 0, (example, result.stderr)
+
+
+def _pcap(tmp_path, name, *args):
+    path = tmp_path / name
+    result = run_cli("simulate", "--pfsync", path, "--states", "20", *args)
+    assert result.returncode == 0, result.stderr
+    return path
+
+
+def test_collect_from_pcap_leaves_the_hours_to_rollup_with_no_rollups(tmp_path):
+    pcap = _pcap(tmp_path, "p.pcap", "--duration", "70m")
+    db = tmp_path / "h.db"
+    assert run_cli("collect", "--db", db, "--from-pcap", pcap, "--no-rollups").returncode == 0
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT count(*) FROM rollup_hours").fetchone()[0] == 0
+    assert run_cli("rollup", "--db", db).returncode == 0
+    assert con.execute("SELECT count(*) FROM rollup_hours").fetchone()[0] >= 1
+
+
+def test_a_capture_dated_in_the_future_is_refused(tmp_path):
+    pcap = _pcap(tmp_path, "late.pcap", "--duration", "2m", "--start", "2090-01-01T00:00Z")
+    db = tmp_path / "h.db"
+    message = _one_line(run_cli("collect", "--db", db, "--from-pcap", pcap))
+    assert "later than this machine's clock" in message
+    assert not db.exists() or sqlite3.connect(db).execute(
+        "SELECT count(*) FROM collections").fetchone()[0] == 0
