@@ -587,8 +587,13 @@ def _add_show(sub):
     p.add_argument("--since", metavar="TIME", help="states alive at or after TIME")
     p.add_argument("--until", metavar="TIME", help="states alive at or before TIME")
     p.add_argument("--host", metavar="ADDR|CIDR", help="any endpoint on either key (NAT too)")
-    p.add_argument("--local", metavar="ADDR|CIDR", help="the local endpoint (either key)")
-    p.add_argument("--remote", metavar="ADDR|CIDR", help="the remote endpoint (either key)")
+    p.add_argument("--local", metavar="ADDR|CIDR",
+                   help="the endpoint on the firewall's side of the state's interface, "
+                        "pfctl's left-hand address (either key): the sender of an out "
+                        "state, the receiver of an in state")
+    p.add_argument("--remote", metavar="ADDR|CIDR",
+                   help="the other end (either key); a host behind the firewall is the "
+                        "remote end of the in states on its own interface")
     p.add_argument("--port", metavar="PORT",
                    help="any endpoint's port; with --host, that address and port together")
     p.add_argument("--proto", metavar="NAME|NUMBER", help="tcp, udp, icmp, 47, ...")

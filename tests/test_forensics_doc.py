@@ -86,12 +86,18 @@ def _top_local(history):
 
 
 def test_q1_host_during_interval(forensic_db, history):
-    host = _top_local(history)
     since, until = T0 + 60, T0 + 180
+    # A local host that is the local end of some states and the remote end of
+    # others (it sent into its own interface).
+    local = {str(s.stack_key.addr[1]) for s in history.states(since=since, until=until)}
+    host = min(str(s.wire_key.addr[0]) for s in history.states(since=since, until=until)
+               if str(s.wire_key.addr[0]) in local and str(s.wire_key.addr[0]).startswith("10."))
     rows = _run(forensic_db, "Q1", host=host, since=_iso(since), until=_iso(until))
-    expected = [s for s in history.states(local=host, since=since, until=until)
-                if str(s.stack_key.addr[1]) == host]
+    # Either end: a host is the remote end of the in states on its own interface.
+    expected = [s for s in history.states(host=host, since=since, until=until)
+                if host in (str(s.stack_key.addr[1]), str(s.wire_key.addr[0]))]
     assert rows and {r["id"] for r in rows} == {_hex(s) for s in expected}
+    assert {r["direction"] for r in rows if r["remote_addr"] == host} == {"in"}
 
 
 def test_q2_nat_reverse_lookup(forensic_db, history):
