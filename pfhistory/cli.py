@@ -19,11 +19,15 @@ _MAX_INT64 = 2**63 - 1   # the database's integers
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, with examples kept verbatim in the help text."""
+    """argparse, with examples kept verbatim in the help text, and a usage error
+    said in one line (argparse prints the whole usage first)."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
         super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def _add_states(sub):

@@ -288,3 +288,11 @@ def test_a_capture_dated_in_the_future_is_refused(tmp_path):
     assert "later than this machine's clock" in message
     assert not db.exists() or sqlite3.connect(db).execute(
         "SELECT count(*) FROM collections").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("args, said", [(["bogus"], "invalid choice: 'bogus'"),
+                                        (["show", "--limit", "-3"], "is negative"),
+                                        (["collect", "--wait", "nan"], "--wait")])
+def test_a_usage_error_is_one_line_that_points_to_the_help(args, said):
+    message = _one_line(run_cli(*args), code=2)
+    assert said in message and message.endswith("--help)")
