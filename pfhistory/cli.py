@@ -774,9 +774,14 @@ def _cmd_listen(args):
                 if args.syslog:
                     _syslog(line)
 
+        def warn(line):
+            print(f"{PROG}: {line}", file=sys.stderr, flush=True)
+            if args.syslog:
+                _syslog(line, error=True)
+
         listener = Listener(engine, url, iface=args.iface, batch_packets=args.batch_packets,
                             batch_ms=args.batch_ms, write_pcap=args.write_pcap, log=log,
-                            sock=sock, sample_retention=retention)
+                            sock=sock, sample_retention=retention, warn=warn)
         recorder = listener.run()
         log(f"stopped: {_pfsync_summary(recorder)}")
     finally:

@@ -35,7 +35,7 @@ class Listener:
 
     def __init__(self, engine, url, iface=None, batch_packets=512, batch_ms=200,
                  write_pcap=None, log=None, sock=None,
-                 sample_retention=DEFAULT_SAMPLE_RETENTION):
+                 sample_retention=DEFAULT_SAMPLE_RETENTION, warn=None):
         self.engine = engine
         self.sample_retention = sample_retention
         self._expired_at = time.monotonic()
@@ -48,6 +48,8 @@ class Listener:
         self.arrived = threading.Event()
         self.stop = threading.Event()
         self.log = log or (lambda line: None)
+        self.warn = warn or self.log      # said even without -v
+        self._pcap_failed = False
         self.pcap = None
         if write_pcap is not None:
             from pfhistory.capture import PcapWriter
@@ -105,6 +107,7 @@ class Listener:
         self.log(f"listening for pfsync on {self.iface or 'every interface'} "
                  f"(pid {os.getpid()})")
         failing_since = None
+        finished = False
         try:
             while True:
                 stopping = self.stop.is_set()
@@ -139,13 +142,22 @@ class Listener:
                     0.0, rec.first_at + rec.batch_s - time.monotonic())
                 self.arrived.wait(_POLL_S if wait is None else min(wait, _POLL_S))
                 self.arrived.clear()
+            finished = True
         finally:
             self.stop.set()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            # The receiving thread stops within a poll and its drain; it must not
+            # find its socket closed under it.
+            thread.join(_POLL_S + _DRAIN_MAX_S + 1.0)
             self.sock.close()
             if self.pcap is not None:
-                self.pcap.close()
+                try:
+                    self.pcap.close()
+                except PFError:
+                    if finished:
+                        raise
+                    # an error already on its way out says more
         if self.receive_error is not None:
             raise PFError(f"receiving pfsync failed: {self.receive_error.strerror}")
         return self.recorder
@@ -166,6 +178,11 @@ class Listener:
             at, data = queue.popleft()
             if pcap is not None:
                 pcap.write(at, data)
+                if pcap.error is not None and not self._pcap_failed:
+                    self._pcap_failed = True
+                    self.warn(f"cannot write the capture to {pcap.path}: "
+                              f"{pcap.error.strerror or pcap.error}; recording goes on "
+                              f"without it")
             add(at, data, clock=clock)
 
     def _on_signal(self, signum, _frame):
