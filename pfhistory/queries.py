@@ -34,7 +34,7 @@ __all__ = [
     "insert_states", "insert_keys", "insert_peers", "stage_columns", "parameter_limit",
     "prepare_staging", "stage_prepared", "drop_load_indexes",
     "create_load_indexes", "stage", "apply_staged",
-    "close_states", "reopen_states", "expire_samples", "prune_states_batch",
+    "close_states", "reopen_states", "states_seen", "expire_samples", "prune_states_batch",
     "prune_orphan_addresses", "get_setting", "set_setting",
     "SYNC_LOOKUP_COLUMNS", "sync_lookup", "end_states", "refine_ends", "clear_states",
     "delete_partial_states", "count_partial_states", "prune_partial_states",
@@ -1359,6 +1359,26 @@ def states_by_pk(conn, pks):
             "SELECT " + _REPORT_STATE.format(latest=ph)
             + f"WHERE s.pk IN ({', '.join([ph] * len(chunk))})", (latest, *chunk)).fetchall()
     return rows
+
+
+def states_seen(conn, lo, hi):
+    """How many states the collections lo..hi (ids, snapshots and pfsync batches)
+    saw: those first seen among them (a pk range), and older ones still open or
+    last seen at lo or later, unless one absence (a present = 0 sample, never
+    expired) spans all of lo..hi. Indexes only: the pk, the two end indexes of
+    states and the samples' state index."""
+    ph = _ph(conn)
+    pk_lo, pk_hi = first_pk_after(conn, lo - 1), first_pk_after(conn, hi) - 1
+    absent = (f"NOT EXISTS (SELECT 1 FROM samples a WHERE a.state_pk = s.pk "
+              f"AND a.present = 0 AND a.valid_from <= {ph} AND a.valid_until > {ph} "
+              f"AND ({SAMPLE_INDEXED}))")
+    return conn.exec_driver_sql(
+        f"SELECT (SELECT count(*) FROM states WHERE pk >= {ph} AND pk <= {ph}) "
+        f"+ (SELECT count(*) FROM states s WHERE s.ended_before_at IS NULL "
+        f"AND s.pk < {ph} AND {absent}) "
+        f"+ (SELECT count(*) FROM states s WHERE s.ended_before > {ph} "
+        f"AND s.last_seen >= {ph} AND s.pk < {ph} AND {absent})",
+        (pk_lo, pk_hi, pk_lo, lo, hi, lo, lo, pk_lo, lo, hi)).scalar()
 
 
 def collection_states_at(conn, at):

@@ -228,9 +228,8 @@ class _Builder:
         moved_p = sum(c[5] for c in counted) + sum(b[4] for b in batches)
         t = Table("overview", "The period in numbers", ["measure", "value"], ["text", "int"])
         if colls:
-            # The first snapshot's states, and those first seen after it (its own
-            # new states are among its states: counting them again was a double count).
-            seen = colls[0][2] + sum(c[3] for c in colls[1:]) + sum(b[2] for b in batches)
+            ids = [c[0] for c in colls] + [b[0] for b in self.batches]
+            seen = queries.states_seen(self.conn, min(ids), max(ids))
             peak = max(colls, key=lambda c: (c[2], -c[1]))
             t.note = f"Peak at {format_epoch(peak[1])}. "
             sec.lines.append(f"Peak: {peak[2]:,} concurrent states at {format_epoch(peak[1])}.")

@@ -738,3 +738,33 @@ def test_a_pfsync_only_history_is_reported_from_its_batches(tmp_path):
                      "--until", since.isoformat())
     assert before.returncode == 0, before.stderr
     assert "the history knows nothing of this period" in before.stdout
+
+
+def test_states_seen_counts_a_state_that_came_back_only_where_it_was_seen(tmp_path):
+    """A state missing from some snapshots is reopened when it comes back: the
+    periods in which it was absent do not count it, those that saw it do."""
+    from golden_records import Key, Peer, build_state
+    from pfhistory import pf
+
+    def tcp(i):
+        return build_state(wire=Key("192.0.2.1", 443, f"10.0.0.{i + 1}", 40000 + i),
+                           id=i + 1, ifname=b"em0", direction=pf.PF_OUT, proto=6,
+                           src=Peer(state=4), dst=Peer(state=4), packets=(5, 1),
+                           bytes_=(500, 60), creation=10, expire=86400, creatorid=7)
+
+    t0 = int(START.timestamp())
+    present = [(0, 1), (0,), (0,), (0, 1)]         # state 1 is away from minutes 1 and 2
+    files = []
+    for minute, ids in enumerate(present):
+        path = tmp_path / f"{minute}.pf"
+        path.write_bytes(b"".join(tcp(i) for i in ids))
+        os.utime(path, (t0 + 60 * minute, t0 + 60 * minute))
+        files.append(path)
+    db = tmp_path / "h.db"
+    assert run_cli("collect", "--db", db, "--from-file", *files).returncode == 0
+    assert _sql(db, "SELECT reopened FROM collections ORDER BY id") == [(0,), (0,), (0,), (1,)]
+    for first, last in ((0, 0), (1, 1), (1, 2), (2, 3), (1, 3), (0, 3)):
+        doc = _report_json(db, (START + timedelta(minutes=first)).isoformat(),
+                           (START + timedelta(minutes=last)).isoformat())
+        seen = dict(_tables(doc)["overview"])["states seen"]
+        assert seen == len(set().union(*present[first:last + 1])), (first, last)
