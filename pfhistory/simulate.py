@@ -16,6 +16,7 @@ uptime seconds, exactly as ``pf_state_export()`` computes them.
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
 import math
 import os
@@ -30,6 +31,7 @@ from typing import Iterator, NamedTuple
 from pfhistory.exceptions import PFError
 from pfhistory.gcpause import cyclic_gc_paused
 from pfhistory.statefile import write_state_file
+from pfhistory.timespec import format_duration
 from pfhistory.pfvar import (
     OPENBSD_AF_INET as AF4,
     OPENBSD_AF_INET6 as AF6,
@@ -96,10 +98,15 @@ __all__ = [
     "iter_events",
     "snapshot_path",
     "MAX_STATES",
+    "MAX_SNAPSHOTS",
     "PFTM_DEFAULT",
 ]
 
 MAX_STATES = 2_000_000
+# A year of one snapshot a minute: more than cron ever keeps of pfctl -S, and already half
+# a million files (each also a pass over the whole table). Beyond it is a typo, such as a
+# duration in days meant in minutes, that would otherwise run for days filling the disk.
+MAX_SNAPSHOTS = 366 * 1440 + 1
 
 # Default seconds of each PFTM_* timeout 0..13 (pf.conf(5); pf-formats.md section 5.7).
 # We assume no adaptive scaling: the simulated admin raised "set limit states" well above
@@ -117,6 +124,14 @@ _ICMP_ECHO, _ICMP6_ECHO_REQUEST = 8, 128
 _INF = float("inf")
 _M32 = 0xFFFFFFFF
 _DAY = 86400.0
+
+# The simulated firewall boots 20-40 days before the first snapshot. pf_status.stateid is
+# gettime() << 32 when pf is enabled (a minute after boot), so that time must fit in 32
+# unsigned bits: the run starts at least 40 days after 1970 and ends by 2^32 - 1 seconds
+# (2106-02-07T06:28:15Z), which also keeps its ids within 64 bits.
+_BOOT_AGE = (20 * _DAY, 40 * _DAY)
+_EARLIEST_START = _BOOT_AGE[1]
+_LATEST_END = float(_M32)
 
 _TCP, _UDP, _ICMP, _OTHER = 0, 1, 2, 3
 
@@ -178,13 +193,33 @@ class SimulationConfig:
             raise bad(f"the simulator takes 0 to {MAX_STATES} states, not {self.states!r}")
         if not self.duration >= 0:
             raise bad("the simulated duration must not be negative")
+        if self.duration == _INF:
+            raise bad("the simulated duration must be finite")
         if self.duration > 0 and not self.interval >= 1:
             # Snapshot files are named to the second.
             raise bad("the interval between snapshots must be at least one second")
+        if self.duration > 0 and self.interval == _INF:
+            raise bad("the interval between snapshots must be finite")
         if not 0 <= self.creatorid <= _M32:
             raise bad("the creatorid must fit in 32 bits")
         if self.start.tzinfo is None:
             raise bad("the start time must be timezone-aware (UTC)")
+        start = self.start.timestamp()
+        if start < _EARLIEST_START:
+            raise bad(f"the start {_utc(start)} is too early: it must be {_utc(_EARLIEST_START)}"
+                      f" or later (the simulated firewall boots up to 40 days before it, and"
+                      f" pf's state ids hold that time as 32-bit seconds since 1970)")
+        if start + self.duration > _LATEST_END:
+            what = (f"the start {_utc(start)}" if start > _LATEST_END else
+                    f"the simulated period (start {_utc(start)} plus the duration) ends at"
+                    f" {_utc(start + self.duration)}, which")
+            raise bad(f"{what} is after {_utc(_LATEST_END)}, the last second pf's state ids"
+                      f" and pcap's packet times hold (32-bit seconds since 1970)")
+        if self.snapshot_count > MAX_SNAPSHOTS:
+            raise bad(f"{format_duration(self.duration)} of one snapshot every"
+                      f" {format_duration(self.interval)} is {self.snapshot_count} snapshots,"
+                      f" more than the simulator's {MAX_SNAPSHOTS} (a year of one a minute):"
+                      f" take a longer interval or a shorter duration")
         object.__setattr__(self, "missing", tuple(sorted({int(i) for i in self.missing})))
 
     @property
@@ -198,6 +233,15 @@ class SimulationConfig:
         """UTC time of snapshot ``index``."""
         return (self.start + timedelta(seconds=index * (self.interval if self.duration else 0)))\
             .astimezone(timezone.utc)
+
+
+def _utc(epoch):
+    """Epoch seconds as ISO 8601 UTC to the second, for messages (any epoch)."""
+    try:
+        return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="seconds")\
+            .replace("+00:00", "Z")
+    except (OverflowError, ValueError, OSError):
+        return "beyond the year 9999" if epoch > 0 else "before the year 1"
 
 
 def snapshot_path(out_dir, when: datetime) -> Path:
@@ -1060,15 +1104,16 @@ class _Engine:
         self.net = _Network(rw)
         start_ep = cfg.start.timestamp()
         # Booted 20-40 days before the first snapshot; pf enabled a minute later.
-        boot_age = rw.uniform(20 * _DAY, 40 * _DAY)
+        boot_age = rw.uniform(*_BOOT_AGE)
         self.boot = start_ep - boot_age
         self.enable_u = 30.0 + rw.random() * 60.0
         # pf_status.stateid = gettime() << 32 at pfctl -e; ids count up from there.
         self.id_base = int(self.boot + self.enable_u) << 32
         self.start_u = boot_age
-        n = cfg.snapshot_count
-        step = cfg.interval if cfg.duration else 0.0
-        self.snap_u = [self.start_u + i * step for i in range(n)]
+        # Snapshot i is at start_u + i * step, computed when reached: a list of them all
+        # would grow with the duration before anything is written.
+        self.snap_n = cfg.snapshot_count
+        self.snap_step = cfg.interval if cfg.duration else 0.0
         self.end_u = self.start_u + cfg.duration
         # Per-class birth rates that keep the table at its target size (Little's law).
         self.counts = _apportion(cfg.states, [c.share for c in _CLASSES])
@@ -1145,11 +1190,12 @@ class _Engine:
     def checkpoints(self) -> Iterator[_Checkpoint]:
         """Yield the table at every snapshot time, then at the end of the period."""
         live = self.initial()
-        yield _Checkpoint(0, self.snap_u[0], self.boot + self.snap_u[0], live, self.alloc,
+        start_u, step, n = self.start_u, self.snap_step, self.snap_n
+        yield _Checkpoint(0, start_u, self.boot + start_u, live, self.alloc,
                           [], 0, live, [], 0)
-        marks = list(enumerate(self.snap_u))[1:]
-        if self.end_u > self.snap_u[-1] + 1e-6:
-            marks.append((-1, self.end_u))
+        marks = ((i, start_u + i * step) for i in range(1, n))
+        if self.end_u > start_u + (n - 1) * step + 1e-6:
+            marks = itertools.chain(marks, [(-1, self.end_u)])
         make = self._make
         full = self.full
         for index, u in marks:
@@ -1694,9 +1740,23 @@ def simulate(cfg: SimulationConfig, out_dir, truth: bool = False) -> SimulationR
     row per state that existed in the period) and truth-summary.json. The snapshots are
     the same bytes with or without ``truth``."""
     out = Path(out_dir)
-    if not out.is_dir():
+    created = not out.is_dir()
+    if created:
         out.mkdir(mode=0o700, parents=True)
         os.chmod(out, 0o700)
+    try:
+        return _simulate(cfg, out, truth)
+    except BaseException:
+        if created:
+            try:
+                out.rmdir()     # only if nothing was written: a failed run leaves no trace
+            except OSError:
+                pass
+        raise
+
+
+def _simulate(cfg, out, truth):
+    """The run itself, into the directory ``out``."""
     result = SimulationResult(config=cfg)
     missing = set(cfg.missing)
     with cyclic_gc_paused():

@@ -104,35 +104,115 @@ def _bulk(states, at, cid, message):
 
 def write_and_send(cfg: SimulationConfig, pcap_path, send=None, iface=None, pps=20000):
     """Write cfg's pfsync traffic to a pcap file and, with ``send``, send it to that
-    address now, at most ``pps`` packets a second. Returns the number of packets."""
+    address now, at most ``pps`` packets a second. Returns the number of packets.
+
+    The file is written whole or not at all (a temporary file renamed over it at the end),
+    as the snapshots are: ``collect --from-pcap`` would record a partial one as complete."""
     import os
+    import signal
     import socket
+
+    from pfhistory.exceptions import PFError
+
+    dst = bytes((224, 0, 0, 240))
+    if send is not None:
+        try:
+            dst = socket.inet_pton(socket.AF_INET, send)
+        except OSError:
+            raise PFError(f"--send {send!r} is not an IPv4 address") from None
+    if os.path.isdir(pcap_path):
+        raise PFError(f"--pfsync {pcap_path}: is a directory; give a file name")
+    if cfg.start.timestamp() + cfg.duration + SEND_DELAY > _PCAP_LAST:
+        raise PFError(f"--pfsync {pcap_path}: the last packets would be sent after "
+                      f"2106-02-07T06:28:15Z, past pcap's 32-bit seconds: end the period "
+                      f"a second earlier")
+    sock = None
+    if send is not None:
+        from pfhistory.syncsocket import open_sender
+
+        try:
+            sock = open_sender(iface)
+        except OSError as e:
+            raise PFError(f"--send {send}: {e.strerror}") from None
+    tmp = None
+    try:
+        target, tmp = _output(pcap_path)
+        n = _write(cfg, tmp or target, sock, send, pps, dst)
+        if tmp is not None:
+            os.replace(tmp, target)
+            tmp = None
+    except OSError as e:
+        raise PFError(f"--pfsync {pcap_path}: cannot write the capture: {e.strerror}") from None
+    except PFError as e:
+        if tmp is not None and tmp in str(e):     # the writer's: name the file asked for
+            raise PFError(str(e).replace(tmp, os.fspath(pcap_path))) from None
+        raise
+    except _Terminated:
+        _remove(tmp)
+        os.kill(os.getpid(), signal.SIGTERM)    # its handler is the default again
+        raise
+    finally:
+        _remove(tmp)
+        if sock is not None:
+            sock.close()
+    return n
+
+
+# Pcap packet times are unsigned 32-bit seconds.
+_PCAP_LAST = 0xFFFFFFFF
+
+
+def _output(path):
+    """(final name, temporary name) for writing ``path``: a new owner-only file beside
+    it, renamed over it when complete. A device or FIFO (/dev/stdout) cannot be replaced,
+    so it is written in place (temporary None). A symlink is followed, as report -o does."""
+    import os
+    import stat
+    import tempfile
+
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode):
+        return os.fspath(path), None
+    target = os.path.realpath(path)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(target) + ".tmp",
+                               dir=os.path.dirname(target))     # 0600
+    os.close(fd)
+    return target, tmp
+
+
+def _remove(tmp):
+    """Remove the temporary file of a run that did not complete, if there is one."""
+    import os
+
+    if tmp is not None:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def _write(cfg, path, sock, send, pps, dst):
+    """Write (and send) the packets. SIGTERM unwinds as Ctrl-C does, so that the caller
+    removes what it has written before the process ends by that signal."""
+    import signal
+    import threading
     import time
 
     from pfhistory.capture import PcapWriter
     from pfhistory.exceptions import PFError
 
-    dst = bytes((224, 0, 0, 240))
-    sock = None
-    if send is not None:
-        try:
-            dst = socket.inet_aton(send)
-        except OSError:
-            raise PFError(f"--send {send!r} is not an IPv4 address") from None
-        from pfhistory.syncsocket import open_sender
-
-        sock = open_sender(iface)
-    if os.path.isdir(pcap_path):
-        raise PFError(f"--pfsync {pcap_path}: is a directory; give a file name")
+    term = (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
+    if term:
+        signal.signal(signal.SIGTERM, _terminated)
     try:
-        writer = PcapWriter(pcap_path)
-    except OSError as e:
-        raise PFError(f"--pfsync {pcap_path}: cannot write the capture: {e.strerror}") from None
-    n = 0
-    gap = 1.0 / pps if pps else 0.0
-    next_send = time.monotonic()
-    try:
-        with writer:
+        n = 0
+        gap = 1.0 / pps if pps else 0.0
+        next_send = time.monotonic()
+        with PcapWriter(path) as writer:
             for at, datagram in iter_datagrams(cfg, dst=dst):
                 writer.write(at, datagram)
                 n += 1
@@ -145,7 +225,16 @@ def write_and_send(cfg: SimulationConfig, pcap_path, send=None, iface=None, pps=
                         sock.sendto(datagram, (send, 0))
                     except OSError as e:
                         raise PFError(f"--send {send}: {e.strerror}") from None
+        return n
     finally:
-        if sock is not None:
-            sock.close()
-    return n
+        if term:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+class _Terminated(BaseException):
+    """SIGTERM while writing: unwinds to remove the temporary file, then ends the process
+    by the same signal, as it would have been ended."""
+
+
+def _terminated(signum, frame):
+    raise _Terminated(signum)

@@ -4,12 +4,16 @@ every kind of state a real OpenBSD table holds, found in the bytes themselves.""
 import ipaddress
 import json
 import os
+import resource
 import stat
+import subprocess
+import sys
 from collections import Counter, defaultdict
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from conftest import run_cli
 from pfhistory import pf
 from pfhistory.simulate import (
     MAX_STATES,
@@ -158,10 +162,67 @@ def test_states_after_the_last_snapshot_are_in_the_truth(tmp_path):
 
 
 def test_config_is_checked():
+    inf = float("inf")
     for bad in (dict(states=-1), dict(states=MAX_STATES + 1), dict(interval=0.0),
-                dict(interval=0.5), dict(creatorid=1 << 32), dict(start=datetime(2026, 1, 1))):
+                dict(interval=0.5), dict(creatorid=1 << 32), dict(start=datetime(2026, 1, 1)),
+                dict(duration=inf), dict(duration=float("nan")), dict(interval=inf),
+                dict(interval=inf, duration=inf), dict(duration=400 * 86400.0)):
         with pytest.raises(ValueError):
             config(**bad)
+
+
+@pytest.mark.parametrize("args, what", [
+    (["--start", "1970-01-01T00:00Z"], "the start 1970-01-01T00:00:00Z is too early"),
+    (["--start", "2107-01-01T00:00Z"], "the start 2107-01-01T00:00:00Z is after"),
+    (["--start", "2106-02-07T06:00Z", "--duration", "1h"], "ends at 2106-02-07T07:00:00Z"),
+])
+def test_a_start_or_end_a_state_file_cannot_hold_is_refused_before_anything(tmp_path, args,
+                                                                            what):
+    """The state ids hold the time pf was enabled (20-40 days before the first snapshot)
+    in 32 bits: out of range it was a struct.error traceback after --out was made."""
+    r = run_cli("simulate", "--out", tmp_path / "d", "--states", 10, *args)
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.startswith("pfhistory: the ") and r.stderr.count("\n") == 1
+    assert what in r.stderr and "Traceback" not in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_limits_are_exact(tmp_path):
+    """40 days after 1970 and 2**32 - 1 seconds: a second outside is refused, the first
+    and last seconds inside are simulated, with the enable time in the ids' high bits."""
+    def run(name, start, duration):
+        return run_cli("simulate", "--out", tmp_path / name, "--states", 20,
+                       "--interval", "15s", "--duration", duration, "--start", start)
+
+    assert run("early", "1970-02-09T23:59:59Z", 0).returncode == 1
+    assert run("late", "2106-02-07T06:28:00Z", 16).returncode == 1
+    assert list(tmp_path.iterdir()) == []
+    assert run("early", "1970-02-10T00:00Z", 0).returncode == 0
+    late = run("late", "2106-02-07T06:28:00Z", 15)
+    assert late.returncode == 0, late.stderr
+    assert late.stdout.split() == [str(tmp_path / "late" / f"states-21060207T0628{s}Z.pfstate")
+                                   for s in ("00", "15")]
+    ids = [s.id for s in pf.parse_states((tmp_path / "late" / "states-21060207T062815Z.pfstate")
+                                         .read_bytes())]
+    first = datetime(2106, 2, 7, 6, 28, tzinfo=timezone.utc).timestamp()
+    assert ids and first - 40 * 86400 < (min(ids) >> 32) < first - 20 * 86400  # pf enabled
+
+
+def _limit_memory():
+    resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+
+def test_too_many_snapshots_are_refused_before_memory_grows(tmp_path):
+    """55 years of one a second: the per-snapshot list it built first ran out of memory;
+    beyond a year of one a minute is a typo (half a million files)."""
+    r = subprocess.run([sys.executable, "-m", "pfhistory", "simulate", "--out", tmp_path / "d",
+                        "--states", "10", "--duration", "20000d", "--interval", "1s"],
+                       capture_output=True, text=True, preexec_fn=_limit_memory, timeout=120)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr == ("pfhistory: 20000d00h00m of one snapshot every 1s is 1728000001 "
+                        "snapshots, more than the simulator's 527041 (a year of one a "
+                        "minute): take a longer interval or a shorter duration\n")
+    assert list(tmp_path.iterdir()) == []
 
 
 # --- ground truth --------------------------------------------------------------------------
