@@ -7,12 +7,11 @@ https://www.tcpdump.org/manpages/pcap-savefile.5.html and the pcapng specificati
 (draft-ietf-opsawg-pcapng); link types from https://www.tcpdump.org/linktypes.html.
 """
 
-import errno
 import os
-import stat
 import struct
 from typing import NamedTuple
 
+from pfhistory import outfile
 from pfhistory.exceptions import PFError
 
 __all__ = ["CaptureError", "Frame", "read_frames", "PcapWriter", "KIND_IP", "KIND_PFSYNC",
@@ -253,8 +252,8 @@ class PcapWriter:
     """Write Ethernet frames carrying IPv4 datagrams to a pcap file (microseconds),
     owner-only (0600); what tcpdump -w on the sync interface would have written.
 
-    A regular file is replaced, as report -o replaces its file (a new owner-only file
-    renamed over it, symlinks followed); a device or FIFO is written in place. The header
+    The file goes where pfhistory.outfile says (a regular file replaced by a new
+    owner-only one, a device or FIFO written in place, a symlink refused). The header
     is written at once, so a target that cannot be written raises OSError from the
     constructor, before anything is recorded, and leaves an existing file as it was.
     A write that fails later does not raise there: the caller's database is the product
@@ -272,15 +271,13 @@ class PcapWriter:
         self.error = None       # the OSError that stopped writing, raised by close()
         self._buf = bytearray(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, snaplen,
                                           _ETHERNET))
-        self._fd, tmp, target = _open_output(self.path)
+        self._fd, tmp = outfile.open_output(self.path)
         try:
             self._flush()
-            if tmp is not None:
-                os.replace(tmp, target)
+            outfile.commit(tmp, self.path)
         except OSError:
             os.close(self._fd)
-            if tmp is not None:
-                _unlink_quietly(tmp)
+            outfile.discard(tmp)
             raise
 
     def write(self, at, datagram):
@@ -339,26 +336,3 @@ class PcapWriter:
                 self.close()
             except PFError:
                 pass        # the error already on its way out says more
-
-
-def _open_output(path):
-    """(fd, temporary name or None, final name) for writing a new capture to path."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        mode = None
-    if mode is not None and stat.S_ISDIR(mode):
-        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
-    if mode is not None and not stat.S_ISREG(mode):
-        return os.open(path, os.O_WRONLY), None, path
-    target = os.path.realpath(path)
-    tmp = f"{target}.tmp{os.getpid()}"
-    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), tmp, target
-
-
-def _unlink_quietly(path):
-    """Remove a temporary file; one that cannot be removed is no reason to fail."""
-    try:
-        os.unlink(path)
-    except OSError:
-        pass

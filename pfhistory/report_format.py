@@ -9,8 +9,9 @@ import csv
 import io
 import json
 import os
-import stat
 import sys
+
+from pfhistory import outfile
 from pfhistory.exceptions import PFError
 from pfhistory.timespec import format_duration, format_epoch
 
@@ -133,42 +134,12 @@ def write(rep, fmt, path=None):
     if not path:
         raise PFError("--output is empty: give a file name")
     path = os.path.abspath(path)
-    # A symlink's target is what gets written; a device or FIFO (/dev/stdout, a
-    # named pipe) is written in place: renaming a file over it would replace it.
+    tmp = None
     try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        mode = None
-    except OSError as e:
-        raise PFError(f"cannot write the report to {path}: {e.strerror}") from None
-    if mode is not None and stat.S_ISDIR(mode):
-        raise PFError(f"cannot write the report to {path}: it is a directory")
-    if mode is not None and not stat.S_ISREG(mode):
-        _write_in_place(path, buf.getvalue())
-        return
-    target = os.path.realpath(path)
-    tmp = f"{target}.tmp{os.getpid()}"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except OSError as e:
-        raise PFError(f"cannot write the report to {path}: {e.strerror}") from None
-    try:
+        fd, tmp = outfile.open_output(path)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(buf.getvalue())
-        os.replace(tmp, target)
+        outfile.commit(tmp, path)
     except OSError as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise PFError(f"cannot write the report to {path}: {e.strerror}") from None
-
-
-def _write_in_place(path, text):
-    """Write to a device or FIFO that exists (opened without creating anything)."""
-    try:
-        fd = os.open(path, os.O_WRONLY)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-    except OSError as e:
-        raise PFError(f"cannot write the report to {path}: {e.strerror}") from None
+        outfile.discard(tmp)
+        raise PFError(f"cannot write the report to {path}: {e.strerror or e}") from None

@@ -163,20 +163,17 @@ _PCAP_LAST = 0xFFFFFFFF
 
 
 def _output(path):
-    """(final name, temporary name) for writing ``path``: a new owner-only file beside
-    it, renamed over it when complete. A device or FIFO (/dev/stdout) cannot be replaced,
-    so it is written in place (temporary None). A symlink is followed, as report -o does."""
+    """(final name, temporary name) for writing ``path`` (pfhistory.outfile's rule): a
+    new owner-only file beside it, renamed over it when complete, or, for a device,
+    FIFO or /dev/stdout, the path itself (temporary None). A symlink is refused."""
     import os
-    import stat
     import tempfile
 
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        mode = None
-    if mode is not None and not stat.S_ISREG(mode):
-        return os.fspath(path), None
-    target = os.path.realpath(path)
+    from pfhistory import outfile
+
+    target = os.path.abspath(path)
+    if not outfile.replaces(target):
+        return target, None
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(target) + ".tmp",
                                dir=os.path.dirname(target))     # 0600
     os.close(fd)

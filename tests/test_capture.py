@@ -158,22 +158,30 @@ def test_simulate_pfsync_cli(tmp_path):
 
 def test_writer_replaces_an_existing_file_owner_only(tmp_path):
     """An existing capture is replaced, as report -o replaces its file, not truncated in
-    place: the new one is owner-only, and whoever holds the old file keeps the old bytes."""
+    place: the new one is owner-only, and whoever holds the old file keeps the old bytes.
+    A symbolic link is refused (pfhistory.outfile), what it points to left alone."""
     path, other, link = tmp_path / "out.pcap", tmp_path / "other-name", tmp_path / "link"
     path.write_bytes(b"someone's notes")
     path.chmod(0o644)
     os.link(path, other)
     link.symlink_to(path)
-    with PcapWriter(link) as w:
+    with PcapWriter(path) as w:
         w.write(1.0, DGRAM)
-    assert link.is_symlink() and (path.stat().st_mode & 0o777) == 0o600
-    assert [f.data for f in _read(link)] == [DGRAM]
+    assert (path.stat().st_mode & 0o777) == 0o600
+    assert [f.data for f in _read(path)] == [DGRAM]
     assert other.read_bytes() == b"someone's notes" and (other.stat().st_mode & 0o777) == 0o644
+    with pytest.raises(OSError) as e:
+        PcapWriter(link)
+    assert e.value.strerror == "is a symbolic link: give the file it points to"
+    assert [f.data for f in _read(path)] == [DGRAM]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "other-name", "out.pcap"]
     path.chmod(0o644)
     r = run_cli("simulate", "--pfsync", path, "--states", 10, "--duration", "1m")
     assert r.returncode == 0, r.stderr
     assert (path.stat().st_mode & 0o777) == 0o600
+    r = run_cli("simulate", "--pfsync", link, "--states", 10, "--duration", "1m")
+    assert r.returncode == 1 and r.stderr.strip().endswith("is a symbolic link: give the file "
+                                                           "it points to")
 
 
 def test_a_reader_that_goes_away_is_one_sentence(tmp_path):

@@ -218,21 +218,31 @@ def test_a_full_disk_under_standard_output_is_one_line(history, command):
     assert _one_line(result) == "pfhistory: cannot write to standard output: No space left on device"
 
 
-def test_report_writes_into_a_fifo_and_through_a_symlink_and_replaces_neither(history,
-                                                                             tmp_path):
-    fifo, link, target = tmp_path / "fifo", tmp_path / "link", tmp_path / "target"
+def test_report_writes_into_a_fifo_and_appends_to_standard_output(history, tmp_path):
+    fifo, log = tmp_path / "fifo", tmp_path / "log"
     os.mkfifo(fifo)
-    link.symlink_to(target)
     reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE)
     result = run_cli("report", "--since", "2026-11-24T21:00Z", "--db", history, "-o", fifo)
     got = reader.communicate(timeout=60)[0].decode()
     assert result.returncode == 0 and got.startswith("pfhistory report:")
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
-    assert run_cli("report", "--since", "2026-11-24T21:00Z", "--db", history,
-                   "-o", link).returncode == 0
-    assert os.path.islink(link) and target.read_text().startswith("pfhistory report:")
-    assert stat.S_IMODE(os.stat(target).st_mode) == 0o600
-    assert sorted(os.listdir(tmp_path)) == ["fifo", "link", "target"]
+    # report -o /dev/stdout >> log: the shell's descriptor, so earlier lines stay.
+    log.write_text("earlier\n")
+    with open(log, "a") as out:
+        subprocess.run([sys.executable, "-m", "pfhistory", "report", "--since",
+                        "2026-11-24T21:00Z", "--db", str(history), "-o", "/dev/stdout"],
+                       stdout=out, stderr=subprocess.PIPE, check=True)
+    assert log.read_text().startswith("earlier\npfhistory report:")
+    assert sorted(os.listdir(tmp_path)) == ["fifo", "log"]
+
+
+def test_report_refuses_a_symlink_and_writes_nothing_where_it_points(history, tmp_path):
+    link, target = tmp_path / "link", tmp_path / "target"
+    link.symlink_to(target)      # planted in a shared directory, say
+    message = _one_line(run_cli("report", "--since", "2026-11-24T21:00Z", "--db", history,
+                                "-o", link))
+    assert message.endswith("is a symbolic link: give the file it points to")
+    assert os.path.islink(link) and not target.exists()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="making a device node needs root")
