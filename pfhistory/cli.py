@@ -420,6 +420,10 @@ def _say(args, line):
     except BrokenPipeError:
         # The reader went away (collect -v | head): the recording goes on.
         _discard_stdout()
+    except _OutputError as e:
+        # A full disk under -v's lines: the recording goes on, the run still fails.
+        _discard_stdout()
+        args.output_error = getattr(args, "output_error", None) or e
     if getattr(args, "syslog", False):
         _syslog(line)
 
@@ -862,10 +866,14 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     stdout = sys.stdout
-    sys.stdout = _GuardedStdout(stdout)
+    if stdout is not None:    # None when started with standard output closed (>&-)
+        sys.stdout = _GuardedStdout(stdout)
     try:
         status = args.func(args)
-        sys.stdout.flush()  # a write that fails fails here, not at exit
+        if getattr(args, "output_error", None) is not None:
+            raise args.output_error
+        if sys.stdout is not None:
+            sys.stdout.flush()  # a write that fails fails here, not at exit
         return status
     except BrokenPipeError:
         # The reader (head, less) went away: not an error of ours.

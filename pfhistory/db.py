@@ -13,7 +13,6 @@ they begin, which serializes them as BEGIN IMMEDIATE does on SQLite.
 """
 
 import os
-import re
 import shlex
 import sqlite3
 from importlib import resources
@@ -70,7 +69,10 @@ def resolve_url(db=None):
     try:
         url = make_url(text)
     except (ArgumentError, ValueError):  # ValueError: a port that is no number
-        shown = re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", text)  # never print a password
+        scheme, _, rest = text.partition("://")
+        if "@" in rest:     # never print a password: all before the last @ goes
+            rest = "***@" + rest.rpartition("@")[2]
+        shown = f"{scheme}://{rest}"
         raise DatabaseError(f"{origin} {shown!r} is not a database URL or path") from None
     if _is_sqlite(url) and _sqlite_file(url) is None:
         raise DatabaseError(f"{origin} {text!r} is an in-memory database, which keeps "
@@ -95,8 +97,8 @@ def _prepare_sqlite_file(path, create):
     """Create the file's directory (0700) and the file (0600) if asked."""
     try:
         mode = path.stat().st_mode
-    except FileNotFoundError:
-        mode = None
+    except (FileNotFoundError, NotADirectoryError):
+        mode = None             # creating it says what is in the way
     except OSError as e:
         raise DatabaseError(f"{path}: cannot use it as the database: {e.strerror}") from None
     if mode is not None:

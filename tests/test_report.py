@@ -397,7 +397,8 @@ def test_bad_periods_are_one_sentence(recorded, args, message):
 def test_top_needs_a_row(recorded):
     out = run_cli("report", "--db", recorded[0], "--top", "0")
     assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert out.stderr.strip().splitlines()[-1].endswith("'0': a list needs at least one row")
+    assert out.stderr.strip() == ("pfhistory report: argument --top: '0': a list needs at least "
+                                  "one row (see pfhistory report --help)")
 
 
 def test_missing_and_foreign_databases_are_refused(tmp_path):
