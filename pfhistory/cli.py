@@ -298,7 +298,6 @@ def _pfsync_summary(recorder):
 
 def _cmd_collect_pcap(args):
     from pfhistory import queries, rollup, syncrecorder
-    from pfhistory.capture import read_frames
     from pfhistory.db import require_current_schema, write_transaction
     from pfhistory.timespec import parse_duration
 
@@ -306,8 +305,8 @@ def _cmd_collect_pcap(args):
         raise PFError("--from-pcap takes its times from the packets: leave out "
                       "--from-file and --at")
     retention = int(parse_duration(args.sample_retention, "--sample-retention"))
-    for _frame in read_frames(args.from_pcap):        # refuse a bad file before any DB
-        pass
+    # A file that is no capture, or dated in the future, is refused before any database.
+    syncrecorder.refuse_future(args.from_pcap, syncrecorder.capture_span(args.from_pcap)[1])
     networks = (rollup.parse_networks(args.local_networks)
                 if args.local_networks is not None else None)
     url, engine = _open_db(args.db, create=True, wait=args.wait)

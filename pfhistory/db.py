@@ -181,7 +181,8 @@ def _on_sqlite_begin(conn):
         # connections (migrations, the sqlite3 shell) keep the checks on.
         conn.exec_driver_sql(f"PRAGMA foreign_keys = {'OFF' if writer else 'ON'}")
         conn.info["writer_pragmas"] = writer
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
+    immediate = writer or conn.info.get("migrating")
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 def open_engine(url, create=False, readonly=False, wait=BUSY_TIMEOUT_S):
@@ -231,7 +232,7 @@ def _on_postgresql_begin(conn, wait):
     """Writers take one lock per database first, as BEGIN IMMEDIATE does on SQLite:
     they number new collections, states and addresses from the largest ids (next_ids),
     so two at once would hand out the same ones. A second writer waits up to wait s."""
-    if conn.info.get("writer"):
+    if conn.info.get("writer") or conn.info.get("migrating"):
         from pfhistory import queries
 
         queries.lock_writers(conn, wait)
@@ -279,10 +280,12 @@ SCHEMA_HEAD = "0010"
 
 
 def _recorded_revision(engine):
-    """The revision in alembic_version, or None (no such table, or not one row)."""
+    """The revision in alembic_version, or None (no such table, not one row, or
+    not beside pfhistory's own tables: another application's alembic history)."""
     with engine.connect() as conn:
         try:
             rows = conn.exec_driver_sql("SELECT version_num FROM alembic_version").fetchall()
+            conn.exec_driver_sql("SELECT 1 FROM collections, states WHERE 0 = 1").fetchall()
         except DBAPIError:
             return None
     return rows[0][0] if len(rows) == 1 else None
@@ -301,14 +304,12 @@ def schema_status(engine, url):
             return "foreign", None      # alembic_version holds several revisions
     if not tables:
         return "empty", None
-    if current is None:
-        return "foreign", None
+    if current is None or not {"collections", "states"} <= tables:
+        return "foreign", current   # no version, or another application's alembic history
     if current in _heads(url):
         return "current", current
     if current in _known_revisions(url):
         return "old", current
-    if not {"collections", "states"} <= tables:
-        return "foreign", current   # another application's alembic history
     return "newer", current
 
 
@@ -382,9 +383,17 @@ def upgrade(engine, url, revision="head"):
     from alembic import command
 
     cfg = alembic_config(url)
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
+    with engine.connect() as conn:
+        # The write lock first, as a collection takes it: two collectors starting
+        # on a new database at once, the second waits (--wait) and then finds the
+        # schema made (a deferred BEGIN failed at once: "database is locked").
+        conn.info["migrating"] = True
+        try:
+            with conn.begin():
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, revision)
+        finally:
+            conn.info.pop("migrating", None)
 
 
 def describe_db_error(exc, url, wait=BUSY_TIMEOUT_S):

@@ -448,6 +448,28 @@ def _flush_and_roll_up(recorder, rollups=True):
 _FUTURE_SLACK_S = 300
 
 
+def capture_span(path):
+    """(first, newest) pfsync packet times of a capture, reading it through (a file
+    that is not a readable capture raises), before anything is written."""
+    from pfhistory import capture
+
+    first_at = newest_at = None
+    for frame in capture.read_frames(path):
+        if frame.kind in (capture.KIND_IP, capture.KIND_PFSYNC):
+            first_at = frame.at if first_at is None else first_at
+            newest_at = frame.at if newest_at is None else max(newest_at, frame.at)
+    return first_at, newest_at
+
+
+def refuse_future(origin, newest_at):
+    """A capture dated after this machine's clock would hold the history back."""
+    from pfhistory.timespec import format_epoch
+
+    if newest_at is not None and newest_at > time.time() + _FUTURE_SLACK_S:
+        raise PFError(f"{origin}: holds packets dated {format_epoch(int(newest_at))}, later "
+                      f"than this machine's clock; nothing recorded")
+
+
 def ingest_capture(engine, path, batch_packets=DEFAULT_BATCH_PACKETS,
                    batch_ms=DEFAULT_BATCH_MS, host=None, sample_retention=None,
                    rollups=True):
@@ -460,17 +482,10 @@ def ingest_capture(engine, path, batch_packets=DEFAULT_BATCH_PACKETS,
     import os
 
     from pfhistory import capture
-    from pfhistory.timespec import format_epoch
 
     path = os.fspath(path)
-    first_at = newest_at = None
-    for frame in capture.read_frames(path):
-        if frame.kind in (capture.KIND_IP, capture.KIND_PFSYNC):
-            first_at = frame.at if first_at is None else first_at
-            newest_at = frame.at if newest_at is None else max(newest_at, frame.at)
-    if newest_at is not None and newest_at > time.time() + _FUTURE_SLACK_S:
-        raise PFError(f"{path}: holds packets dated {format_epoch(int(newest_at))}, later "
-                      f"than this machine's clock; nothing recorded")
+    first_at, newest_at = capture_span(path)
+    refuse_future(path, newest_at)
     check_not_older(engine, first_at, path)
     recorder = SyncRecorder(engine, os.path.abspath(path), host=host,
                             batch_packets=batch_packets, batch_ms=batch_ms)

@@ -77,16 +77,22 @@ def test_db_current_names_a_foreign_file_without_changing_it(tmp_path):
     _as_it_was(db)
 
 
-def test_another_applications_alembic_history_is_not_called_a_newer_pfhistory(tmp_path):
+@pytest.mark.parametrize("revision", ["abc123", "0003", "0010"])
+def test_another_applications_alembic_history_is_not_taken_for_ours(tmp_path, series,
+                                                                     revision):
+    """Not "newer", not "old" (to upgrade), not current (to record into), whatever
+    its revision is called: pfhistory's tables are not there."""
     db = tmp_path / "theirs.db"
     _foreign(db)
     con = sqlite3.connect(db)
     con.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)")
-    con.execute("INSERT INTO alembic_version VALUES ('abc123')")
+    con.execute("INSERT INTO alembic_version VALUES (?)", (revision,))
     con.commit()
     con.close()
-    message = _one_line(run_cli("db", "upgrade", "--db", db))
-    assert "is not a pfhistory database" in message and "newer" not in message
+    for args in (["db", "upgrade"], ["collect", "--from-file", series[FIRST]]):
+        message = _one_line(run_cli(*args, "--db", db))
+        assert "is not a pfhistory database" in message and "newer" not in message
+        _as_it_was(db)
 
 
 def test_a_fifo_as_the_database_is_refused_and_nothing_is_made_beside_it(tmp_path, series):
@@ -296,8 +302,7 @@ def test_a_capture_dated_in_the_future_is_refused(tmp_path):
     db = tmp_path / "h.db"
     message = _one_line(run_cli("collect", "--db", db, "--from-pcap", pcap))
     assert "later than this machine's clock" in message
-    assert not db.exists() or sqlite3.connect(db).execute(
-        "SELECT count(*) FROM collections").fetchone()[0] == 0
+    assert not db.exists()
 
 
 @pytest.mark.parametrize("args, said", [(["bogus"], "invalid choice: 'bogus'"),
@@ -306,3 +311,26 @@ def test_a_capture_dated_in_the_future_is_refused(tmp_path):
 def test_a_usage_error_is_one_line_that_points_to_the_help(args, said):
     message = _one_line(run_cli(*args), code=2)
     assert said in message and message.endswith("--help)")
+
+
+def test_two_collectors_starting_on_a_new_database_both_record(tmp_path, series):
+    """The second waits for the first one's schema (and collection), as on an
+    existing database, instead of failing at once with 'database is locked'."""
+    few = tmp_path / "few.pfstate"       # ten states: the schema is most of the work
+    few.write_bytes(open(series[FIRST], "rb").read(264 * 10))
+    os.utime(few, (os.stat(series[FIRST]).st_mtime,) * 2)
+    for attempt in range(6):
+        db = tmp_path / f"new{attempt}.db"
+        procs = [subprocess.Popen([sys.executable, "-m", "pfhistory", "collect", "--db",
+                                   str(db), "--from-file", str(few)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+        outcomes = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+        for p in procs:
+            p.stdout.close()
+            p.stderr.close()
+        assert outcomes == [(0, ""), (0, "")], outcomes
+        con = sqlite3.connect(db)
+        assert con.execute("SELECT count(*) FROM collections").fetchone()[0] == 2
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        con.close()
