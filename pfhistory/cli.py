@@ -297,7 +297,7 @@ def _pfsync_summary(recorder):
 
 
 def _cmd_collect_pcap(args):
-    from pfhistory import queries, rollup, syncrecorder
+    from pfhistory import collector, queries, rollup, syncrecorder
     from pfhistory.db import require_current_schema, write_transaction
     from pfhistory.timespec import parse_duration
 
@@ -306,7 +306,8 @@ def _cmd_collect_pcap(args):
                       "--from-file and --at")
     retention = int(parse_duration(args.sample_retention, "--sample-retention"))
     # A file that is no capture, or dated in the future, is refused before any database.
-    syncrecorder.refuse_future(args.from_pcap, syncrecorder.capture_span(args.from_pcap)[1])
+    span = syncrecorder.capture_span(args.from_pcap)
+    collector.refuse_future(args.from_pcap, span[1], "its last packet")
     networks = (rollup.parse_networks(args.local_networks)
                 if args.local_networks is not None else None)
     url, engine = _open_db(args.db, create=True, wait=args.wait)
@@ -318,7 +319,7 @@ def _cmd_collect_pcap(args):
         # Rolls up every hour the batches complete, as they complete (not with --no-rollups).
         recorder = syncrecorder.ingest_capture(
             engine, args.from_pcap, batch_packets=args.batch_packets, batch_ms=args.batch_ms,
-            sample_retention=retention, rollups=not args.no_rollups)
+            sample_retention=retention, rollups=not args.no_rollups, span=span)
         if args.verbose:
             _say(args, f"{args.from_pcap}: {_pfsync_summary(recorder)}")
     finally:
@@ -362,11 +363,6 @@ def _cmd_collect(args):
     return 0
 
 
-# How far a snapshot's time may run ahead of this machine's clock (clocks of a
-# firewall and of the host reading its files differ a little).
-_FUTURE_SLACK_S = 300
-
-
 def _snapshots(args):
     """The snapshots to record, checked before anything is written: every file
     readable, in time order, none dated in the future. A wrong date would stay:
@@ -374,7 +370,7 @@ def _snapshots(args):
     import time as _time
 
     from pfhistory import live, statefile
-    from pfhistory.collector import Snapshot
+    from pfhistory.collector import Snapshot, refuse_future
     from pfhistory.timespec import format_epoch, parse_time
 
     at = int(parse_time(args.at, what="--at").timestamp()) if args.at is not None else None
@@ -394,11 +390,8 @@ def _snapshots(args):
             snapshots.append(Snapshot(path, at if at is not None else mtime,
                                       os.path.abspath(path)))
     for before, snapshot in zip([None, *snapshots], snapshots):
-        dated = "--at" if at is not None else "its mtime"
-        if snapshot.collected_at > now + _FUTURE_SLACK_S:
-            raise PFError(f"{snapshot.origin}: dated {format_epoch(snapshot.collected_at)} "
-                          f"({dated}), later than this machine's clock "
-                          f"({format_epoch(now)}); nothing recorded")
+        refuse_future(snapshot.origin, snapshot.collected_at,
+                      "--at" if at is not None else "its mtime")
         if before is not None and snapshot.collected_at < before.collected_at:
             raise PFError(f"{snapshot.origin}: taken at {format_epoch(snapshot.collected_at)}, "
                           f"before {before.origin} given ahead of it: give the state files "

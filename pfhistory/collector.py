@@ -29,6 +29,7 @@ from pfhistory.models import PEER_FIELDS
 from pfhistory.pfvar import OPENBSD_AF_INET
 
 __all__ = ["CollectionResult", "Snapshot", "record_snapshot", "DEFAULT_SAMPLE_RETENTION",
+           "FUTURE_SLACK_S", "refuse_future",
            "expire_samples"]
 
 DEFAULT_SAMPLE_RETENTION = 24 * 3600
@@ -49,6 +50,20 @@ _MAX_PENDING_CHUNKS = 8
 # Samples expired per collection at most: max_batches times this, so that a
 # backlog (a retention just shortened) is worked off over several runs.
 _EXPIRE_BATCH = 20000
+
+
+# How far a snapshot's (or a capture's) time may run ahead of this machine's clock:
+# clocks of a firewall and of the host reading its files differ a little.
+FUTURE_SLACK_S = 300
+
+
+def refuse_future(origin, at, dated):
+    """A time after this machine's clock would stay: the history only moves
+    forward, and samples expire by it. dated says where the time came from."""
+    now = int(time.time())
+    if at is not None and at > now + FUTURE_SLACK_S:
+        raise PFError(f"{origin}: dated {_iso(int(at))} ({dated}), later than this "
+                      f"machine's clock ({_iso(now)}); nothing recorded")
 
 
 class OlderSnapshotError(PFError):

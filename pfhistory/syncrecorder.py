@@ -24,7 +24,7 @@ import time
 from collections import Counter
 
 from pfhistory import _native, pfsync, queries
-from pfhistory.collector import _clamped, _Recorder, _signed64
+from pfhistory.collector import _clamped, _Recorder, _signed64, refuse_future
 from pfhistory.db import write_transaction
 from pfhistory.exceptions import PFError
 from pfhistory.pfvar import PF_TCPS_PROXY_SRC, TCPS_SYN_SENT
@@ -444,10 +444,6 @@ def _flush_and_roll_up(recorder, rollups=True):
         recorder.roll_up(result.collected_at)
 
 
-# How far a capture's packets may run ahead of this machine's clock.
-_FUTURE_SLACK_S = 300
-
-
 def capture_span(path):
     """(first, newest) pfsync packet times of a capture, reading it through (a file
     that is not a readable capture raises), before anything is written."""
@@ -461,31 +457,23 @@ def capture_span(path):
     return first_at, newest_at
 
 
-def refuse_future(origin, newest_at):
-    """A capture dated after this machine's clock would hold the history back."""
-    from pfhistory.timespec import format_epoch
-
-    if newest_at is not None and newest_at > time.time() + _FUTURE_SLACK_S:
-        raise PFError(f"{origin}: holds packets dated {format_epoch(int(newest_at))}, later "
-                      f"than this machine's clock; nothing recorded")
-
-
 def ingest_capture(engine, path, batch_packets=DEFAULT_BATCH_PACKETS,
                    batch_ms=DEFAULT_BATCH_MS, host=None, sample_retention=None,
-                   rollups=True):
+                   rollups=True, span=None):
     """Record a pcap/pcapng capture of pfsync traffic, batched by packet time as a
     listener would have. The file is read through once before anything is written, so a
     file that is not a readable capture (or one dated in the future, which would hold
-    the history back) changes nothing. Without rollups the hours it completes are left
-    to `pfhistory rollup`. Returns the SyncRecorder (its ``totals`` and ``malformed``
+    the history back) changes nothing; span is capture_span's answer if the caller
+    already read it so. Without rollups the hours it completes are left to
+    `pfhistory rollup`. Returns the SyncRecorder (its ``totals`` and ``malformed``
     counters)."""
     import os
 
     from pfhistory import capture
 
     path = os.fspath(path)
-    first_at, newest_at = capture_span(path)
-    refuse_future(path, newest_at)
+    first_at, newest_at = span if span is not None else capture_span(path)
+    refuse_future(path, newest_at, "its last packet")
     check_not_older(engine, first_at, path)
     recorder = SyncRecorder(engine, os.path.abspath(path), host=host,
                             batch_packets=batch_packets, batch_ms=batch_ms)

@@ -112,6 +112,7 @@ def write_and_send(cfg: SimulationConfig, pcap_path, send=None, iface=None, pps=
     import signal
     import socket
 
+    from pfhistory import outfile
     from pfhistory.exceptions import PFError
 
     dst = bytes((224, 0, 0, 240))
@@ -148,11 +149,11 @@ def write_and_send(cfg: SimulationConfig, pcap_path, send=None, iface=None, pps=
             raise PFError(str(e).replace(tmp, os.fspath(pcap_path))) from None
         raise
     except _Terminated:
-        _remove(tmp)
+        outfile.discard(tmp)
         os.kill(os.getpid(), signal.SIGTERM)    # its handler is the default again
         raise
     finally:
-        _remove(tmp)
+        outfile.discard(tmp)
         if sock is not None:
             sock.close()
     return n
@@ -178,17 +179,6 @@ def _output(path):
                                dir=os.path.dirname(target))     # 0600
     os.close(fd)
     return target, tmp
-
-
-def _remove(tmp):
-    """Remove the temporary file of a run that did not complete, if there is one."""
-    import os
-
-    if tmp is not None:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
 
 
 def _write(cfg, path, sock, send, pps, dst):
