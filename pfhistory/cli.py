@@ -337,6 +337,7 @@ def _cmd_collect(args):
     networks = (rollup.parse_networks(args.local_networks)
                 if args.local_networks is not None else None)
     snapshots = _snapshots(args)
+    _check_before_writing(args, snapshots)
     url, engine = _open_db(args.db, create=True, wait=args.wait)
     try:
         from pfhistory.db import require_current_schema, write_transaction
@@ -361,6 +362,20 @@ def _cmd_collect(args):
     finally:
         engine.dispose()
     return 0
+
+
+def _check_before_writing(args, snapshots):
+    """Bad records anywhere leave nothing written: a new history is not made,
+    and of several files none is recorded. Each file is then read twice (the
+    check costs a fraction of the recording); a cron run of one file into an
+    existing history is not: its one transaction rolls back."""
+    from pfhistory import sources
+    from pfhistory.db import history_absent, resolve_url
+
+    files = [s.source for s in snapshots if s.source is not None]
+    if files and (len(files) > 1 or history_absent(resolve_url(args.db))):
+        for path in files:
+            sources.check_records(path)
 
 
 def _snapshots(args):

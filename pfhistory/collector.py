@@ -6,8 +6,8 @@ moved to ``samples`` and the new ones written; open states the snapshot lacks
 are closed (the window between the last collection that saw them and this
 one); closed states that come back are reopened, their absence kept as a
 sample. Recording the same snapshot twice changes nothing but the
-collection log. A snapshot older than the newest collection is refused: the
-history only moves forward.
+collection log. A snapshot older than the newest collection is refused, and
+so is a different one of the same time: the history only moves forward.
 """
 
 import socket
@@ -27,6 +27,7 @@ from pfhistory.gcpause import cyclic_gc_paused
 from pfhistory.exceptions import PFError
 from pfhistory.models import PEER_FIELDS
 from pfhistory.pfvar import OPENBSD_AF_INET
+from pfhistory.statefile import TWO_RECORDS_OF_ONE_STATE
 
 __all__ = ["CollectionResult", "Snapshot", "record_snapshot", "DEFAULT_SAMPLE_RETENTION",
            "FUTURE_SLACK_S", "refuse_future",
@@ -515,11 +516,17 @@ def record_snapshot(engine, snapshot, host=None, sample_retention=DEFAULT_SAMPLE
                 queries.create_load_indexes(conn)
         except IntegrityError:
             recorder.applier.join_quietly()
-            raise PFError(f"{snapshot.origin}: holds two records of one state (same creatorid "
-                          f"and id); not a consistent state table, nothing recorded") from None
+            raise PFError(f"{snapshot.origin}: {TWO_RECORDS_OF_ONE_STATE}") from None
         except BaseException:
             recorder.applier.join_quietly()
             raise
+        if newest is not None and snapshot.collected_at == newest[1] and any(
+                summary[k] for k in ("inserted", "updated", "reopened", "closed")):
+            # States would end and begin at one instant: not a later table.
+            raise OlderSnapshotError(
+                f"{snapshot.origin}: taken at {_iso(snapshot.collected_at)}, the time of the "
+                f"newest collection, but the table differs from the one recorded then; "
+                f"the history only moves forward, so it is refused")
         expire_samples(conn, snapshot.collected_at - sample_retention)
         summary["duration_ms"] = int((time.monotonic() - started) * 1000)
         queries.finish_collection(conn, collection_id, summary)

@@ -28,7 +28,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from pfhistory.exceptions import PFError
 
 __all__ = ["DatabaseError", "default_path", "resolve_url", "open_engine", "alembic_config",
-           "schema_status", "require_current_schema", "upgrade", "upgrade_to_head",
+           "schema_status", "history_absent", "require_current_schema", "upgrade", "upgrade_to_head",
            "describe_db_error",
            "BUSY_TIMEOUT_S", "write_transaction"]
 
@@ -132,8 +132,9 @@ def _prepare_sqlite_file(path, create):
         raise DatabaseError(f"{path}: cannot create the database: {e.strerror}") from None
 
 
-def _on_sqlite_connect(dbapi_conn, _record, wait):
-    """Pragmas for every SQLite connection (see the module docstring)."""
+def _on_sqlite_connect(dbapi_conn, _record, wait, create):
+    """Pragmas for every SQLite connection (see the module docstring); only a
+    connection that may create the database sets up a new (empty) file."""
     dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
     cur = dbapi_conn.cursor()
     cur.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
@@ -145,7 +146,7 @@ def _on_sqlite_connect(dbapi_conn, _record, wait):
     # and reading them back.
     cur.execute("PRAGMA cache_size = -262144")
     try:
-        if cur.execute("PRAGMA page_count").fetchone()[0] == 0:
+        if create and cur.execute("PRAGMA page_count").fetchone()[0] == 0:
             # Only a new database can switch; it must happen before any table.
             cur.execute("PRAGMA auto_vacuum = INCREMENTAL")
             cur.execute("PRAGMA journal_mode = WAL")
@@ -185,6 +186,25 @@ def _on_sqlite_begin(conn):
     conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+def history_absent(url):
+    """True when recording would make the history from nothing: no SQLite file
+    yet (or an empty one), or a database without tables. Asks before anything
+    is created, so a collector can check its input first."""
+    if _is_sqlite(url):
+        path = _sqlite_file(url)
+        try:
+            return path is not None and path.stat().st_size == 0
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False        # opening it says what is wrong
+    engine = open_engine(url)
+    try:
+        return schema_status(engine, url)[0] == "empty"
+    finally:
+        engine.dispose()
+
+
 def open_engine(url, create=False, readonly=False, wait=BUSY_TIMEOUT_S):
     """An Engine for url; creates a missing SQLite file only if create.
     A writer waits up to wait seconds for another one to finish."""
@@ -202,7 +222,7 @@ def open_engine(url, create=False, readonly=False, wait=BUSY_TIMEOUT_S):
         # never use a connection at the same time.
         engine = create_engine(url, connect_args={"timeout": wait, "check_same_thread": False})
         event.listen(engine, "connect",
-                     lambda dbapi_conn, rec: _on_sqlite_connect(dbapi_conn, rec, wait))
+                     lambda dbapi_conn, rec: _on_sqlite_connect(dbapi_conn, rec, wait, create))
         event.listen(engine, "begin", _on_sqlite_begin)
         return engine
     try:

@@ -9,7 +9,7 @@ import stat
 
 from pfhistory import _native, live, statefile
 
-__all__ = ["is_live", "iter_columns", "iter_record_chunks"]
+__all__ = ["is_live", "iter_columns", "iter_record_chunks", "check_records"]
 
 
 def is_live(source):
@@ -44,3 +44,16 @@ def iter_columns(source, chunk_records=16384, check=True):
         if check:
             statefile.check_columns(columns, origin, first)
         yield columns
+
+
+def check_records(source, chunk_records=16384):
+    """Read a state file through once, refusing what recording it would refuse
+    (foreign records, two records of one state): a collector that must not
+    write anything on bad input reads first."""
+    seen = set()
+    for columns in iter_columns(source, chunk_records=chunk_records):
+        before = len(seen)
+        seen.update(zip(columns["creatorid"], columns["id"]))
+        if len(seen) - before < columns.n:
+            raise statefile.StateFileError(
+                f"{os.fspath(source)}: {statefile.TWO_RECORDS_OF_ONE_STATE}")

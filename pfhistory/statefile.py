@@ -94,6 +94,12 @@ def read_chunks(path, chunk_records=16384):
                 f"{path}: changed while being read ({total} records expected, {index} read)")
 
 
+# Why a table with two records of one state is refused (the collector finds
+# them as it records; a check before recording, as it reads).
+TWO_RECORDS_OF_ONE_STATE = ("holds two records of one state (same creatorid and id); "
+                            "not a consistent state table, nothing recorded")
+
+
 def check_columns(columns, origin, first_index=0):
     """Refuse records no OpenBSD kernel exports: af not 2/24, direction not in/out.
 

@@ -115,6 +115,57 @@ def test_a_database_that_would_keep_nothing_or_is_no_url_is_refused(tmp_path, se
     assert os.listdir(tmp_path) == []
 
 
+def _with_a_foreign_record_at_the_end(good, path):
+    """good's records, then one that no kernel exports (af 165): found only by
+    reading the whole file."""
+    path.write_bytes(good.read_bytes() + b"\xa5" * 264)
+    return path
+
+
+def test_a_bad_state_file_makes_no_database_and_no_directory(tmp_path, series):
+    bad = _with_a_foreign_record_at_the_end(series[FIRST], tmp_path / "bad.pfstate")
+    db = tmp_path / "new" / "h.db"
+    message = _one_line(run_cli("collect", "--db", db, "--from-file", bad))
+    assert "not a pfctl -S state file" in message and "bad.pfstate" in message
+    assert not (tmp_path / "new").exists()
+
+
+def test_of_several_state_files_none_is_recorded_when_one_is_bad(tmp_path, series, history):
+    db = tmp_path / "h.db"
+    db.write_bytes(history.read_bytes())
+    before = _counts(db)
+    newer = tmp_path / "newer.pfstate"
+    newer.write_bytes(series[SECOND].read_bytes())
+    last = os.stat(series[-1]).st_mtime
+    os.utime(newer, (last + 60, last + 60))
+    bad = _with_a_foreign_record_at_the_end(series[FIRST], tmp_path / "bad.pfstate")
+    os.utime(bad, (last + 120, last + 120))
+    message = _one_line(run_cli("collect", "--db", db, "--from-file", newer, bad))
+    assert "bad.pfstate" in message
+    assert _counts(db) == before
+
+
+def _counts(db):
+    con = sqlite3.connect(db)
+    try:
+        return [con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                for t in ("collections", "states", "samples")]
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("command", [["db", "current"], ["prune", "--before", "1d"],
+                                     ["rollup"], ["summary"], ["show"], ["report"]])
+def test_an_empty_file_stays_empty_under_every_command_but_collect(tmp_path, command):
+    """Only a collector (or db upgrade) makes a database of an empty file."""
+    db = tmp_path / "empty.db"
+    db.write_bytes(b"")
+    result = run_cli(*command, "--db", db)
+    assert "Traceback" not in result.stderr
+    assert db.stat().st_size == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.db"]
+
+
 # -- when a snapshot was taken -------------------------------------------------------
 
 def test_a_snapshot_dated_in_the_future_is_refused_and_the_history_goes_on(tmp_path, series):
@@ -144,6 +195,21 @@ def test_state_files_given_newest_first_are_refused_before_any_is_recorded(tmp_p
     assert "oldest first" in message and os.path.basename(series[FIRST]) in message
     assert not db.exists()
     assert run_cli("collect", "--db", db, "--from-file", *series).returncode == 0
+
+
+def test_a_different_table_at_the_newest_collections_time_is_refused(tmp_path, series):
+    """Its states would end and begin at one instant; the same table again is
+    no change (recording a snapshot twice changes only the log)."""
+    db = tmp_path / "h.db"
+    at = "2026-11-24T22:00:00Z"
+    assert run_cli("collect", "--db", db, "--from-file", series[FIRST], "--at", at).returncode == 0
+    before = _counts(db)
+    message = _one_line(run_cli("collect", "--db", db, "--from-file", series[SECOND],
+                                "--at", at))
+    assert "the time of the newest collection" in message and "refused" in message
+    assert _counts(db) == before
+    assert run_cli("collect", "--db", db, "--from-file", series[FIRST], "--at", at).returncode == 0
+    assert _counts(db) == [before[0] + 1, *before[1:]]
 
 
 @pytest.mark.parametrize("args, said", [

@@ -399,17 +399,26 @@ def test_bad_inputs_write_nothing(tmp_path, small_series):
         run_cli("collect", "--db", "/etc/passwd/h.db", "--from-file", good))
     assert "no driver for 'bogus'" in _one_sentence(
         run_cli("collect", "--db", "bogus://", "--from-file", good))
-    # Nothing was recorded by any of them.
-    if db.exists():
-        assert _db(db).execute("SELECT count(*) FROM collections").fetchone()[0] == 0
+    # Nothing was made by any of them: not even an empty database.
+    assert not db.exists()
 
 
 def test_duplicate_records_are_refused(tmp_path):
     s0 = _write(tmp_path / "0.pf", [_tcp(0, 1), _tcp(0, 2)], 1_795_000_000)
     db = tmp_path / "h.db"
+    # Into a new history the file is read through first: nothing is made.
     assert "two records of one state" in _one_sentence(
         run_cli("collect", "--db", db, "--from-file", s0))
-    assert _db(db).execute("SELECT count(*) FROM collections").fetchone()[0] == 0
+    assert not db.exists()
+    # Into an existing one the collection finds them and rolls back.
+    s1 = _write(tmp_path / "1.pf", [_tcp(0, 1)], 1_794_999_000)
+    assert run_cli("collect", "--db", db, "--from-file", s1).returncode == 0
+    assert "two records of one state" in _one_sentence(
+        run_cli("collect", "--db", db, "--from-file", s0))
+    con = _db(db)
+    assert con.execute("SELECT count(*) FROM collections").fetchone()[0] == 1
+    assert con.execute("SELECT count(*) FROM states").fetchone()[0] == 1
+    con.close()
 
 
 @pytest.mark.skipif(sys.platform.startswith("openbsd"), reason="the live table exists here")

@@ -286,6 +286,16 @@ def test_a_database_that_does_not_exist_is_one_sentence(pg_server):
     assert "cannot connect" in line and "no_such_database" in line
 
 
+def test_a_bad_state_file_leaves_an_empty_database_without_tables(pg_url, series, tmp_path):
+    bad = tmp_path / "bad.pfstate"
+    bad.write_bytes(series[0][0][1].read_bytes() + b"\xa5" * R)
+    result = run_cli("collect", "--db", pg_url, "--from-file", bad)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    line, = result.stderr.splitlines()
+    assert "not a pfctl -S state file" in line
+    assert _ok(run_cli("db", "current", "--db", pg_url)).strip() == "no schema (empty)"
+
+
 # -- snapshots ----------------------------------------------------------------------------
 
 def test_replay_matches_the_snapshots(series, replayed):
@@ -516,18 +526,19 @@ def test_a_second_writer_waits_a_bounded_time_then_says_so(pg_url, series):
 def test_two_collectors_at_once_both_record(pg_url, series):
     snapshots, _truth = series
     _ok(run_cli("collect", "--db", pg_url, "--from-file", snapshots[0][1]))
+    # One table at one time: whichever comes second records the same table again
+    # (a different one at the same instant would be refused).
     procs = [subprocess.Popen([sys.executable, "-m", "pfhistory", "collect", "--db", pg_url,
                                "--from-file", str(path), "--at", "2026-11-24T23:30:00Z"],
                               stderr=subprocess.PIPE, text=True)
-             for _t, path in snapshots[1:3]]
+             for _t, path in [snapshots[1]] * 2]
     results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
     for p in procs:
         p.stderr.close()
     assert results == [(0, ""), (0, "")]
     log = _query(pg_url, "SELECT id, states FROM collections ORDER BY id")
     assert [i for i, _n in log] == [1, 2, 3]
-    sizes = {os.path.getsize(p) // R for _t, p in snapshots[1:3]}
-    assert {n for _i, n in log[1:]} == sizes
+    assert [n for _i, n in log[1:]] == [os.path.getsize(snapshots[1][1]) // R] * 2
     n, = _query(pg_url, "SELECT count(*) FROM states")[0]
     assert _query(pg_url, "SELECT count(*) FROM state_keys") == [(2 * n,)]
 
