@@ -142,6 +142,8 @@ def write_and_send(cfg: SimulationConfig, pcap_path, send=None, iface=None, pps=
         if tmp is not None:
             os.replace(tmp, target)
             tmp = None
+    except BrokenPipeError:
+        raise               # the reader went away (| head): no error of ours
     except OSError as e:
         raise PFError(f"--pfsync {pcap_path}: cannot write the capture: {e.strerror}") from None
     except PFError as e:
@@ -202,6 +204,10 @@ def _write(cfg, path, sock, send, pps, dst):
         with PcapWriter(path) as writer:
             for at, datagram in iter_datagrams(cfg, dst=dst):
                 writer.write(at, datagram)
+                if writer.error is not None:
+                    # The capture is this command's product: stop at once, not
+                    # after simulating the rest for nothing.
+                    raise writer.error
                 n += 1
                 if sock is not None:
                     now = time.monotonic()

@@ -272,6 +272,25 @@ def test_a_reader_that_goes_away_is_no_error(history, command):
     assert code == 0 and stderr == ""
 
 
+def test_a_capture_onto_a_pipe_stops_when_its_reader_goes_away(tmp_path):
+    """simulate --pfsync /dev/stdout | head -c 100: exit 0 at once, not after
+    simulating a day of a 20,000-state firewall (minutes) for nobody."""
+    proc = subprocess.Popen([sys.executable, "-m", "pfhistory", "simulate", "--pfsync",
+                             "/dev/stdout", "--states", "20000", "--duration", "24h"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    assert len(proc.stdout.read(100)) == 100
+    proc.stdout.close()
+    try:
+        code = proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail("simulate went on writing a capture nobody reads")
+    assert code == 0 and proc.stderr.read() == b""
+    proc.stderr.close()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_collect_goes_on_recording_when_its_reader_goes_away(tmp_path, series):
     db = tmp_path / "h.db"
     code, stderr = _closed_early(["collect", "-v", "--db", db, "--from-file", *series])
