@@ -29,6 +29,17 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
+    def parse_args(self, args=None, namespace=None):
+        """As argparse, but arguments no command knows are blamed on the command
+        given (argparse names the top level, whose help does not list them)."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            commands = getattr(self, "commands", None)   # set by build_parser
+            chosen = self if commands is None else \
+                commands.choices.get(getattr(parsed, commands.dest, None), self)
+            chosen.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
 
 def _add_states(sub):
     p = sub.add_parser(
@@ -811,6 +822,7 @@ def build_parser():
                         version=f"{PROG} {_version.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
+    parser.commands = sub
     _add_states(sub)
     _add_simulate(sub)
     _add_collect(sub)

@@ -398,6 +398,15 @@ def test_a_usage_error_is_one_line_that_points_to_the_help(args, said):
     assert said in message and message.endswith("--help)")
 
 
+@pytest.mark.parametrize("args", [["collect", "--bogus"], ["show", "extra", "words"],
+                                  ["db", "current", "--bogus"]])
+def test_an_unknown_argument_points_to_the_help_of_the_command_given(args):
+    """Whose help lists what the command takes: not the top level's."""
+    message = _one_line(run_cli(*args), code=2)
+    assert message.startswith(f"pfhistory {args[0]}: unrecognized arguments: ")
+    assert message.endswith(f"(see pfhistory {args[0]} --help)")
+
+
 def test_two_collectors_starting_on_a_new_database_both_record(tmp_path, series):
     """The second waits for the first one's schema (and collection), as on an
     existing database, instead of failing at once with 'database is locked'."""
