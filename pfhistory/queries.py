@@ -1390,10 +1390,12 @@ def collection_states_at(conn, at):
     return tuple(row) if row else None
 
 
-def states_alive_at(conn, at, pk_max, until, limit, created_by=None, by_rowid=False):
+def states_alive_at(conn, at, pk_max, until, limit, open_for=None, by_rowid=False):
     """States alive at instant at (first seen at or before it: pk <= pk_max; not
-    ended by then), created no later than created_by: how many, and the limit
-    longest-lived (lifetime counted up to until) as report rows.
+    ended by then), with open_for: open at least that many seconds when last
+    seen by then (at, or the newest collection if that is earlier: the history
+    knows no later sighting): how many, and the limit longest-lived (lifetime
+    counted up to until) as report rows.
 
     by_rowid: scan the pk range rather than the end-time index (SQLite only;
     the caller knows which of the two is smaller)."""
@@ -1407,7 +1409,7 @@ def states_alive_at(conn, at, pk_max, until, limit, created_by=None, by_rowid=Fa
             pk = "+" + pk
     where = (f"{pk} <= {ph} AND ({end} > {ph} OR {end} IS NULL) "
              f"AND s.created_at <= {ph}")
-    params = (pk_max, at, at if created_by is None else min(at, created_by))
+    params = (pk_max, at, at if open_for is None else min(at, latest) - open_for)
     total = conn.exec_driver_sql(f"SELECT count(*) FROM states s WHERE {where}",
                                  params).scalar()
     seen = f"COALESCE(s.last_seen_at, {ph})"

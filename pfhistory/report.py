@@ -29,7 +29,8 @@ __all__ = ["Report", "Section", "Table", "Chart", "build_report"]
 TOP = 10
 # A gap: an interval longer than this many times the usual one.
 GAP_FACTOR = 1.5
-# "Open for days": alive at the end of the period and at least this old.
+# "Open for days": alive at the end of the period, and open at least this long
+# when last seen (the history knows nothing after its newest collection).
 LONG_OPEN_S = 86400
 # A source opening far more states than usual: at least this many new states
 # in one hour, and at least BURST_FACTOR times its usual (median) hourly count.
@@ -361,8 +362,6 @@ class _Builder:
             "nat_ports", "NAT: published (rdr) addresses and ports by states",
             ["published", "to", "states", "bytes"], ["text", "text", "int", "bytes"], rows))
         # Longest-lived: a connection seen in the period that lived longer than
-        # the period was alive at its start; shorter ones rank below the period.
-        # Longest-lived: a connection seen in the period that lived longer than
         # the period was alive at its start or at its end.
         rows = {}
         for at in (self.since, self.until):
@@ -382,7 +381,7 @@ class _Builder:
         self.rep.sections.append(sec)
         self._host_chart()
 
-    def _alive(self, at, limit, created_by=None):
+    def _alive(self, at, limit, open_for=None):
         """(count, longest-lived rows) of the states alive at instant at."""
         row = queries.collection_states_at(self.conn, at)
         if row is None:
@@ -398,7 +397,7 @@ class _Builder:
         # or those that ended after it (about the later ones plus the live ones).
         by_rowid = pk_max < (queries.max_pk(self.conn) - pk_max) + alive
         return queries.states_alive_at(self.conn, at, pk_max, self.until, limit,
-                                       created_by=created_by, by_rowid=by_rowid)
+                                       open_for=open_for, by_rowid=by_rowid)
 
     def _connections(self, key, title, rows, note=""):
         out = []
@@ -452,7 +451,7 @@ class _Builder:
              for r in half],
             note="TCP states first seen before either side was ESTABLISHED."))
         sec.tables.append(self._bursts())
-        total, rows = self._alive(self.until, top, created_by=self.until - LONG_OPEN_S)
+        total, rows = self._alive(self.until, top, open_for=LONG_OPEN_S)
         t = self._connections("open_for_days",
                               f"Connections open for more than {format_duration(LONG_OPEN_S)}", rows)
         t.note = f"{total:,} in all at {format_epoch(self.until)}; the oldest are listed."

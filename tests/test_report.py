@@ -307,6 +307,33 @@ def test_open_for_days_and_longest_lived(report, recorded):
     assert [r["lived"] for r in _rows(report, "longest")] == lived[:10]
 
 
+def test_open_for_days_counts_only_up_to_the_last_sighting(tmp_path):
+    """A period that ends two hours after the last collection: a state seen open
+    for 23 hours is not "open for more than 1d" (nothing saw it after), one seen
+    open for 25 hours is."""
+    from golden_records import Key, Peer, build_state
+
+    t = 1_795_000_000
+    states = [build_state(wire=Key("192.0.2.1", 443, "10.0.0.%d" % (i + 1), 40000 + i),
+                          id=i + 1, ifname=b"em0", proto=6, src=Peer(state=4),
+                          dst=Peer(state=4), creation=hours * 3600, expire=86400,
+                          creatorid=7)
+              for i, hours in enumerate((23, 25))]
+    snap = tmp_path / "s.pfstate"
+    write_state_file(snap, b"".join(states), mtime=t)
+    db = tmp_path / "h.db"
+    assert run_cli("collect", "--db", db, "--from-file", snap).returncode == 0
+    doc = _report_json(db, since=_iso(t - 3600), until=_iso(t + 7200))
+    table, = [tab for sec in doc["sections"] for tab in sec["tables"]
+              if tab["key"] == "open_for_days"]
+    assert [dict(zip(table["columns"], r))["lived"] for r in table["rows"]] == [25 * 3600]
+    assert table["note"].startswith("1 in all")
+
+
+def _iso(epoch):
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat()
+
+
 def test_largest_connections_are_the_hours_top_movers(report, recorded):
     """Largest: of the 25 states that moved the most in each hour of the period, those
     with the most bytes in their life (their last observed counters)."""
