@@ -28,9 +28,8 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from pfhistory.exceptions import PFError
 
 __all__ = ["DatabaseError", "default_path", "resolve_url", "open_engine", "alembic_config",
-           "schema_status", "history_absent", "require_current_schema", "upgrade", "upgrade_to_head",
-           "describe_db_error",
-           "BUSY_TIMEOUT_S", "write_transaction"]
+           "schema_status", "history_absent", "require_current_schema", "upgrade",
+           "upgrade_to_head", "describe_db_error", "BUSY_TIMEOUT_S", "write_transaction"]
 
 DB_ENV = "PFHISTORY_DB"
 BUSY_TIMEOUT_S = 30.0

@@ -50,10 +50,20 @@ def check_records(source, chunk_records=16384):
     """Read a state file through once, refusing what recording it would refuse
     (foreign records, two records of one state): a collector that must not
     write anything on bad input reads first."""
-    seen = set()
+    # By id alone first (a third of the time of (creatorid, id) pairs at a
+    # million states); only ids shared by two creators need the pairs.
+    ids = set()
+    shared = False
     for columns in iter_columns(source, chunk_records=chunk_records):
-        before = len(seen)
-        seen.update(zip(columns["creatorid"], columns["id"]))
-        if len(seen) - before < columns.n:
-            raise statefile.StateFileError(
-                f"{os.fspath(source)}: {statefile.TWO_RECORDS_OF_ONE_STATE}")
+        before = len(ids)
+        ids.update(columns["id"])
+        shared = shared or len(ids) - before < columns.n
+    del ids
+    if shared:
+        pairs = set()
+        for columns in iter_columns(source, chunk_records=chunk_records):
+            before = len(pairs)
+            pairs.update(zip(columns["creatorid"], columns["id"]))
+            if len(pairs) - before < columns.n:
+                raise statefile.StateFileError(
+                    f"{os.fspath(source)}: {statefile.TWO_RECORDS_OF_ONE_STATE}")

@@ -421,6 +421,23 @@ def test_duplicate_records_are_refused(tmp_path):
     con.close()
 
 
+def test_two_creators_may_share_a_state_id(tmp_path):
+    """Ids are per creator (pfsync'd tables hold several): a shared id is no
+    duplicate, into a new history (read through first) or an existing one."""
+    other = build_state(wire=Key("192.0.2.9", 443, "10.0.0.9", 40009), id=1, ifname=b"em0",
+                        direction=pf.PF_OUT, proto=6, src=Peer(state=4), dst=Peer(state=4),
+                        creation=10, expire=86400, creatorid=8)
+    s0 = _write(tmp_path / "0.pf", [_tcp(0, 1), other], 1_795_000_000)
+    s1 = _write(tmp_path / "1.pf", [_tcp(0, 2), other], 1_795_000_060)
+    db = tmp_path / "h.db"
+    assert run_cli("collect", "--db", db, "--from-file", s0).returncode == 0
+    assert run_cli("collect", "--db", db, "--from-file", s1).returncode == 0
+    con = _db(db)
+    rows = con.execute("SELECT creatorid, state_id FROM states ORDER BY creatorid").fetchall()
+    assert [tuple(r) for r in rows] == [(7, 1), (8, 1)]
+    con.close()
+
+
 @pytest.mark.skipif(sys.platform.startswith("openbsd"), reason="the live table exists here")
 def test_live_collection_needs_openbsd(tmp_path):
     line = _one_sentence(run_cli("collect", "--db", tmp_path / "h.db"))
