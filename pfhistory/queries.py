@@ -1238,10 +1238,10 @@ def collections_between(conn, since, until):
 
 def batches_between(conn, since, until):
     """pfsync batches in [since, until], oldest first:
-    (id, collected_at, inserted, closed, packets, bytes)."""
+    (id, collected_at, inserted, closed, packets, bytes, rolled_up)."""
     c = Collection
     return [tuple(r) for r in conn.execute(
-        select(c.id, c.collected_at, c.inserted, c.closed, c.packets, c.bytes)
+        select(c.id, c.collected_at, c.inserted, c.closed, c.packets, c.bytes, c.rolled_up)
         .where(c.collected_at >= since, c.collected_at <= until, c.kind == 1)
         .order_by(c.id))]
 
@@ -1301,6 +1301,15 @@ def rollup_bursts(conn, dim, hour_lo, hour_hi, at_least, pending=False):
         f"SELECT hour, key, states FROM {_ROLLUP_SOURCE[pending]} WHERE dim = {ph} "
         f"AND hour >= {ph} "
         f"AND hour < {ph} AND states >= {ph}", (dim, hour_lo, hour_hi, at_least)).fetchall()
+
+
+def rollup_hours_between(conn, hour_lo, hour_hi):
+    """(hour, first_collection) of the hours in [hour_lo, hour_hi) stored in rollups:
+    those some collection, snapshot or pfsync batch, fell in."""
+    ph = _ph(conn)
+    return [tuple(r) for r in conn.exec_driver_sql(
+        f"SELECT hour, first_collection FROM rollup_hours WHERE hour >= {ph} "
+        f"AND hour < {ph} ORDER BY hour", (hour_lo, hour_hi))]
 
 
 def rollup_hourly(conn, dim, keys, hour_lo, hour_hi, pending=False):

@@ -256,7 +256,8 @@ class _Builder:
             sec.lines.append(f"Hours not yet in the rollups, computed for this report: "
                              f"{hours} (the newest is not complete: later collections "
                              f"will add to it).")
-        partial = [c for c in colls if c[7] == 2]
+        # pfsync batches too: a period of batches alone has hours rolled up so.
+        partial = [c for c in colls if c[7] == 2] + [b for b in self.batches if b[6] == 2]
         if partial or self.open_expired:
             sec.lines.append(f"{len(partial) or 'Some'} collection(s) were rolled up after "
                              f"samples they needed expired: top lists count what moved "
@@ -382,17 +383,21 @@ class _Builder:
         self._host_chart()
 
     def _alive(self, at, limit, open_for=None):
-        """(count, longest-lived rows) of the states alive at instant at."""
-        row = queries.collection_states_at(self.conn, at)
-        if row is None:
-            # No snapshot by then: the newest pfsync batch (how many states were
-            # alive is not known; it only picks the scan below).
-            row = queries.collection_at_or_before(self.conn, at)
-            if row is None:
-                return 0, []
-            row = (row[0], 0)
-        c_id, alive = row
-        pk_max = queries.first_pk_after(self.conn, c_id) - 1
+        """(count, longest-lived rows) of the states alive at instant at: those first
+        seen by any collection by then, snapshot or pfsync batch (a batch after the
+        last snapshot may be the first to report a state opened days ago)."""
+        newest = queries.collection_at_or_before(self.conn, at)
+        if newest is None:
+            return 0, []
+        snapshot = queries.collection_states_at(self.conn, at)
+        # Ids follow time but for one race (pfhistory.rollup): a snapshot read before
+        # a pfsync batch and recorded after it. So every collection by then has an id
+        # at most the newest one's or the newest snapshot's, whichever is larger.
+        last_id = max(newest[0], snapshot[0] if snapshot else 0)
+        # How many states the snapshot counted only picks the scan below (unknown
+        # without one).
+        alive = snapshot[1] if snapshot else 0
+        pk_max = queries.first_pk_after(self.conn, last_id) - 1
         # Scan whichever is smaller: the states first seen by then (pk range)
         # or those that ended after it (about the later ones plus the live ones).
         by_rowid = pk_max < (queries.max_pk(self.conn) - pk_max) + alive
@@ -466,24 +471,28 @@ class _Builder:
                   ["source", "hour", "new states", "usual per hour", "times usual"],
                   ["text", "time", "int", "int", "text"])
         t.note = (f"At least {BURST_MIN} new states in one hour and {BURST_FACTOR}x the "
-                  f"source's median count in the other hours of the period and the week before "
-                  f"(the hour of the history's first collection, its baseline, left out).")
+                  f"source's median count in the other hours with collections (snapshots or "
+                  f"pfsync batches) of the period and the week before (the hour of the "
+                  f"history's first collection, its baseline, left out).")
+        lo = self.hour_lo - USUAL_LOOKBACK_S
+        # The hours collections fell in, snapshots and pfsync batches alike, as the
+        # rollups count them (stored, or computed for the period). In the hour of the
+        # history's first collection all its states count as new: that hour is
+        # neither a burst nor what is usual.
+        hours = queries.rollup_hours_between(self.conn, lo, self.hour_hi)
+        hours += [(w.hour, w.first) for w in self.open_hours]
+        baseline = {hour for hour, first in hours if first == self.first_id}
+        covered = sorted({hour for hour, _first in hours} - baseline)
         period = queries.rollup_bursts(self.conn, R.SOURCE, self.hour_lo, self.hour_hi,
                                        BURST_MIN, pending=True)
         peaks = {}
         for hour, key, states in period:
-            if states > peaks.get(key, (0, 0))[1]:
+            if hour not in baseline and states > peaks.get(key, (0, 0))[1]:
                 peaks[key] = (hour, states)
         if not peaks:
             return t
-        lo = self.hour_lo - USUAL_LOOKBACK_S
         hist = queries.rollup_hourly(self.conn, R.SOURCE, sorted(peaks), lo, self.hour_hi,
                                      pending=True)
-        # Hours with collections tell what is usual, except the hour of the
-        # history's first collection: all its states count as new there.
-        covered = sorted({R.hour_of(c[1])
-                          for c in queries.collections_between(self.conn, lo, self.until)
-                          if c[0] != self.first_id})
         counts = {}
         for hour, key, states, _o, _i in hist:
             counts.setdefault(key, {})[hour] = int(states)
