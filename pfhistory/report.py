@@ -237,7 +237,10 @@ class _Builder:
         else:
             seen, peak = None, (None, None, None)
             sec.lines.append("pfsync batches only: no snapshot counted the whole table, so "
-                             "the states seen and the peak of concurrent states are not known.")
+                             "the states seen and the peak of concurrent states are not known. "
+                             "Bytes and packets are those of pfsync's whole state records "
+                             "(inserts, full and bulk updates): its compressed updates carry "
+                             "no counters, so what states moved after them is not counted.")
         t.rows = [("states seen", seen), ("new states", new), ("ended states", ended),
                   ("peak concurrent states", peak[2]), ("bytes moved", moved_b),
                   ("packets moved", moved_p)]
