@@ -137,8 +137,9 @@ def _coverage(colls, since, until, before, after, batches=()):
                                 [(len(batches), batches[0][1], batches[-1][1])]))
     if not times:
         summary.rows = [(0, None, None, None)]
-        gaps_t.rows = [(since, until, until - since)]
         if batches:
+            # Not a blind spot: pfsync covered it, for all the history can tell.
+            gaps_t.note = "None can be told from pfsync batches alone."
             # pfsync batches are collections of the states pfsync announced, not of
             # the whole table: no gap between them can be told from a quiet spell.
             sec.lines.append(
@@ -149,6 +150,7 @@ def _coverage(colls, since, until, before, after, batches=()):
                 f"counted the whole table, so concurrent states are not known, and a time the "
                 f"listener was not running does not show as a gap.")
         else:
+            gaps_t.rows = [(since, until, until - since)]
             sec.lines.append(f"No collection was taken between {format_epoch(since)} and "
                              f"{format_epoch(until)}: the history knows nothing of this period.")
         return sec

@@ -741,6 +741,8 @@ def test_a_pfsync_only_history_is_reported_from_its_batches(tmp_path):
     tables = {t["key"]: t["rows"] for s in doc["sections"] for t in s["tables"]}
     cover = " ".join(doc["sections"][0]["lines"])
     assert "knows nothing" not in cover and "pfsync batches" in cover
+    # Not one blind spot the length of the period: pfsync covered it.
+    assert tables["gaps"] == []
     assert tables["batches"] == [list(r) for r in _sql(
         db, "SELECT count(*), min(collected_at), max(collected_at) FROM collections "
             "WHERE kind = 1")]
