@@ -393,6 +393,7 @@ def _snapshots(args):
     """The snapshots to record, checked before anything is written: every file
     readable, in time order, none dated in the future. A wrong date would stay:
     the history only moves forward, and samples expire by it."""
+    import filecmp
     import time as _time
 
     from pfhistory import live, statefile
@@ -422,7 +423,22 @@ def _snapshots(args):
             raise PFError(f"{snapshot.origin}: taken at {format_epoch(snapshot.collected_at)}, "
                           f"before {before.origin} given ahead of it: give the state files "
                           f"oldest first; nothing recorded")
+        if before is not None and snapshot.collected_at == before.collected_at and \
+                not filecmp.cmp(before.source, snapshot.source, shallow=False):
+            # Refused when recorded (collector), after the files before it: so here.
+            raise PFError(f"{snapshot.origin}: dated {format_epoch(snapshot.collected_at)}, the "
+                          f"same second as {before.origin} but a different table (files copied "
+                          f"without their times? cp -p keeps them); nothing recorded")
     return snapshots
+
+
+def _is_standard_output(path):
+    """True if path is the file our standard output writes to."""
+    try:
+        target, out = os.stat(path), os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (target.st_dev, target.st_ino) == (out.st_dev, out.st_ino)
 
 
 def _open_db(db, create=False, readonly=False, wait=30.0):

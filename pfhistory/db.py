@@ -188,20 +188,28 @@ def _on_sqlite_begin(conn):
 def history_absent(url):
     """True when recording would make the history from nothing: no SQLite file
     yet (or an empty one), or a database without tables. Asks before anything
-    is created, so a collector can check its input first."""
+    is created or changed, so a collector can check its input first; a history
+    already recorded is told by its schema version alone (one query)."""
     if _is_sqlite(url):
         path = _sqlite_file(url)
+        if path is None:
+            return False
         try:
-            return path is not None and path.stat().st_size == 0
+            if path.stat().st_size == 0:
+                return True
         except FileNotFoundError:
             return True
         except OSError:
             return False        # opening it says what is wrong
-    engine = open_engine(url)
     try:
-        return schema_status(engine, url)[0] == "empty"
-    finally:
-        engine.dispose()
+        engine = open_engine(url)
+        try:
+            return (_recorded_revision(engine) is None
+                    and schema_status(engine, url)[0] == "empty")
+        finally:
+            engine.dispose()
+    except (PFError, DBAPIError):
+        return False            # opening it to record says what is wrong
 
 
 def open_engine(url, create=False, readonly=False, wait=BUSY_TIMEOUT_S):

@@ -154,6 +154,30 @@ def _counts(db):
         con.close()
 
 
+def test_a_sqlite_file_without_tables_is_a_new_history(tmp_path):
+    """A header and no tables (an empty WAL-mode file) is made into a history only
+    by good input, as a missing or 0-byte file is."""
+    db = tmp_path / "empty.db"
+    con = sqlite3.connect(db)
+    con.execute("PRAGMA journal_mode = WAL")
+    con.close()
+    twice = tmp_path / "twice.pfstate"
+    one = _first_record(tmp_path)
+    twice.write_bytes(one * 2)
+    assert "two records of one state" in _one_line(
+        run_cli("collect", "--db", db, "--from-file", twice))
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+    con.close()
+
+
+def _first_record(tmp_path):
+    out = run_cli("simulate", "--out", tmp_path / "sim", "--states", 5, "--duration", "0s")
+    assert out.returncode == 0, out.stderr
+    snap, = (tmp_path / "sim").glob("*.pfstate")
+    return snap.read_bytes()[:264]
+
+
 @pytest.mark.parametrize("command", [["db", "current"], ["prune", "--before", "1d"],
                                      ["rollup"], ["summary"], ["show"], ["report"]])
 def test_an_empty_file_stays_empty_under_every_command_but_collect(tmp_path, command):
@@ -195,6 +219,24 @@ def test_state_files_given_newest_first_are_refused_before_any_is_recorded(tmp_p
     assert "oldest first" in message and os.path.basename(series[FIRST]) in message
     assert not db.exists()
     assert run_cli("collect", "--db", db, "--from-file", *series).returncode == 0
+
+
+def test_state_files_of_one_second_must_hold_one_table(tmp_path, series):
+    """Copies made without cp -p all carry the copy's time: refused before
+    anything is made, not after the first one is recorded."""
+    copies = []
+    for k in (FIRST, SECOND):
+        copy = tmp_path / f"copy{k}.pfstate"
+        copy.write_bytes(series[k].read_bytes())
+        os.utime(copy, (1_795_000_000, 1_795_000_000))
+        copies.append(copy)
+    db = tmp_path / "h.db"
+    message = _one_line(run_cli("collect", "--db", db, "--from-file", *copies))
+    assert "copy1.pfstate" in message and "the same second as" in message
+    assert "cp -p" in message and not db.exists()
+    # The same table twice at one second is no change: recorded.
+    assert run_cli("collect", "--db", db, "--from-file", copies[0], copies[0]).returncode == 0
+    assert _counts(db)[0] == 2
 
 
 def test_a_different_table_at_the_newest_collections_time_is_refused(tmp_path, series):
