@@ -32,12 +32,19 @@ class _Parser(argparse.ArgumentParser):
     def parse_args(self, args=None, namespace=None):
         """As argparse, but arguments no command knows are blamed on the command
         given (argparse names the top level, whose help does not list them)."""
-        parsed, extras = self.parse_known_args(args, namespace)
+        argv = list(sys.argv[1:] if args is None else args)
+        parsed, extras = self.parse_known_args(argv, namespace)
         if extras:
             commands = getattr(self, "commands", None)   # set by build_parser
-            chosen = self if commands is None else \
-                commands.choices.get(getattr(parsed, commands.dest, None), self)
-            chosen.error(f"unrecognized arguments: {' '.join(extras)}")
+            name = getattr(parsed, commands.dest, None) if commands is not None else None
+            if name is None:
+                self.error(f"unrecognized arguments: {' '.join(extras)}")
+            # An option before the command (pfhistory --db X show): the command's own.
+            early = [a for a in argv[:argv.index(name)] if a in extras]
+            if early:
+                self.error(f"{early[0]} given before the command: options go after it "
+                           f"({self.prog} {name} {early[0]} ...)")
+            commands.choices[name].error(f"unrecognized arguments: {' '.join(extras)}")
         return parsed
 
 

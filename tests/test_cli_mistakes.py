@@ -440,6 +440,13 @@ def test_a_usage_error_is_one_line_that_points_to_the_help(args, said):
     assert said in message and message.endswith("--help)")
 
 
+@pytest.mark.parametrize("args", [["--db=h.db", "summary"], ["-v", "collect"]])
+def test_an_option_before_the_command_is_said_to_go_after_it(args):
+    message = _one_line(run_cli(*args), code=2)
+    assert message.startswith(f"pfhistory: {args[0]} given before the command: ")
+    assert f"(pfhistory {args[1]} {args[0]} ...)" in message
+
+
 @pytest.mark.parametrize("args", [["collect", "--bogus"], ["show", "extra", "words"],
                                   ["db", "current", "--bogus"]])
 def test_an_unknown_argument_points_to_the_help_of_the_command_given(args):
