@@ -193,9 +193,12 @@ def _cmd_simulate(args):
 
         cfg = SimulationConfig(states=args.states, interval=interval, duration=duration,
                                seed=args.seed, start=start, creatorid=args.creatorid)
+        # A capture written to standard output (/dev/stdout, > file) must not get our
+        # line appended: it would read as a truncated packet.
+        said = sys.stderr if _is_standard_output(args.pfsync) else sys.stdout
         sent = syncsim.write_and_send(cfg, args.pfsync, send=args.send,
                                       iface=args.send_iface, pps=args.pps)
-        print(f"{args.pfsync}: {sent} pfsync packets")
+        print(f"{args.pfsync}: {sent} pfsync packets", file=said)
         return 0
     if not args.out:
         raise PFError("give --out DIR for snapshots, or --pfsync PCAP for pfsync packets")

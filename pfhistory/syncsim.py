@@ -188,7 +188,6 @@ def _write(cfg, path, sock, send, pps, dst):
     removes what it has written before the process ends by that signal."""
     import signal
     import threading
-    import time
 
     from pfhistory.capture import PcapWriter
     from pfhistory.exceptions import PFError
@@ -197,31 +196,43 @@ def _write(cfg, path, sock, send, pps, dst):
             and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
     if term:
         signal.signal(signal.SIGTERM, _terminated)
+    writer = None
     try:
-        n = 0
-        gap = 1.0 / pps if pps else 0.0
-        next_send = time.monotonic()
         with PcapWriter(path) as writer:
-            for at, datagram in iter_datagrams(cfg, dst=dst):
-                writer.write(at, datagram)
-                if writer.error is not None:
-                    # The capture is this command's product: stop at once, not
-                    # after simulating the rest for nothing.
-                    raise writer.error
-                n += 1
-                if sock is not None:
-                    now = time.monotonic()
-                    if now < next_send:
-                        time.sleep(next_send - now)
-                    next_send = max(now, next_send) + gap
-                    try:
-                        sock.sendto(datagram, (send, 0))
-                    except OSError as e:
-                        raise PFError(f"--send {send}: {e.strerror}") from None
-        return n
+            _fill(cfg, writer, sock, send, pps, dst)
+        return writer.packets
+    except PFError:
+        if writer is not None and isinstance(writer.error, BrokenPipeError):
+            raise writer.error from None    # the reader went away as the end was written
+        raise
     finally:
         if term:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _fill(cfg, writer, sock, send, pps, dst):
+    """Write (and send) every datagram, at most pps a second when sending."""
+    import time
+
+    from pfhistory.exceptions import PFError
+
+    gap = 1.0 / pps if pps else 0.0
+    next_send = time.monotonic()
+    for at, datagram in iter_datagrams(cfg, dst=dst):
+        writer.write(at, datagram)
+        if writer.error is not None:
+            # The capture is this command's product: stop at once, not after
+            # simulating the rest for nothing.
+            raise writer.error
+        if sock is not None:
+            now = time.monotonic()
+            if now < next_send:
+                time.sleep(next_send - now)
+            next_send = max(now, next_send) + gap
+            try:
+                sock.sendto(datagram, (send, 0))
+            except OSError as e:
+                raise PFError(f"--send {send}: {e.strerror}") from None
 
 
 class _Terminated(BaseException):

@@ -333,6 +333,33 @@ def test_a_capture_onto_a_pipe_stops_when_its_reader_goes_away(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_small_capture_onto_a_pipe_whose_reader_goes_away_is_no_error(tmp_path):
+    """Under a MiB the whole capture is written as simulate ends: the reader gone
+    by then (| head -c 10) is no error either."""
+    proc = subprocess.Popen([sys.executable, "-m", "pfhistory", "simulate", "--pfsync",
+                             "/dev/stdout", "--states", "300", "--duration", "5m"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    assert len(proc.stdout.read(10)) == 10
+    proc.stdout.close()
+    assert proc.wait(timeout=300) == 0
+    assert proc.stderr.read() == b""
+    proc.stderr.close()
+
+
+def test_a_capture_to_standard_output_is_only_the_capture(tmp_path):
+    """simulate --pfsync /dev/stdout > file: the count goes to stderr, so the file
+    is a capture collect reads without a malformed packet."""
+    pcap = tmp_path / "out.pcap"
+    with open(pcap, "wb") as out:
+        result = subprocess.run([sys.executable, "-m", "pfhistory", "simulate", "--pfsync",
+                                 "/dev/stdout", "--states", "100", "--duration", "2m"],
+                                stdout=out, stderr=subprocess.PIPE, text=True)
+    assert result.returncode == 0 and result.stderr.endswith(" pfsync packets\n")
+    said = run_cli("collect", "-v", "--db", tmp_path / "h.db", "--from-pcap", pcap)
+    assert said.returncode == 0, said.stderr
+    assert "(0 malformed)" in said.stdout
+
+
 def test_collect_goes_on_recording_when_its_reader_goes_away(tmp_path, series):
     db = tmp_path / "h.db"
     code, stderr = _closed_early(["collect", "-v", "--db", db, "--from-file", *series])
