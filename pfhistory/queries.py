@@ -1402,9 +1402,9 @@ def collection_states_at(conn, at):
 def states_alive_at(conn, at, pk_max, until, limit, open_for=None, by_rowid=False):
     """States alive at instant at (first seen at or before it: pk <= pk_max; not
     ended by then), with open_for: open at least that many seconds when last
-    seen by then (at, or the newest collection if that is earlier: the history
-    knows no later sighting): how many, and the limit longest-lived (lifetime
-    counted up to until) as report rows.
+    seen by then (its last sighting, the newest collection while open, at the
+    latest at: the history knows nothing later): how many, and the limit
+    longest-lived (lifetime counted up to until) as report rows.
 
     by_rowid: scan the pk range rather than the end-time index (SQLite only;
     the caller knows which of the two is smaller)."""
@@ -1419,6 +1419,9 @@ def states_alive_at(conn, at, pk_max, until, limit, open_for=None, by_rowid=Fals
     where = (f"{pk} <= {ph} AND ({end} > {ph} OR {end} IS NULL) "
              f"AND s.created_at <= {ph}")
     params = (pk_max, at, at if open_for is None else min(at, latest) - open_for)
+    if open_for is not None:
+        where += f" AND s.created_at + {ph} <= COALESCE(s.last_seen_at, {ph})"
+        params += (int(open_for), latest)
     total = conn.exec_driver_sql(f"SELECT count(*) FROM states s WHERE {where}",
                                  params).scalar()
     seen = f"COALESCE(s.last_seen_at, {ph})"

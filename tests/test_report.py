@@ -308,26 +308,36 @@ def test_open_for_days_and_longest_lived(report, recorded):
 
 
 def test_open_for_days_counts_only_up_to_the_last_sighting(tmp_path):
-    """A period that ends two hours after the last collection: a state seen open
-    for 23 hours is not "open for more than 1d" (nothing saw it after), one seen
-    open for 25 hours is."""
+    """A state seen open for 23h50m is not "open for more than 1d", however long
+    after its last sighting the period ends: two hours after the last collection,
+    or just before the collection that found it gone. One seen open for 25 h is."""
     from golden_records import Key, Peer, build_state
 
     t = 1_795_000_000
-    states = [build_state(wire=Key("192.0.2.1", 443, "10.0.0.%d" % (i + 1), 40000 + i),
-                          id=i + 1, ifname=b"em0", proto=6, src=Peer(state=4),
-                          dst=Peer(state=4), creation=hours * 3600, expire=86400,
-                          creatorid=7)
-              for i, hours in enumerate((23, 25))]
-    snap = tmp_path / "s.pfstate"
-    write_state_file(snap, b"".join(states), mtime=t)
+    short, long_ = 23 * 3600 + 50 * 60, 25 * 3600
+
+    def state(i, age):
+        return build_state(wire=Key("192.0.2.1", 443, "10.0.0.%d" % (i + 1), 40000 + i),
+                           id=i + 1, ifname=b"em0", proto=6, src=Peer(state=4),
+                           dst=Peer(state=4), creation=age, expire=86400, creatorid=7)
+
+    first, second = tmp_path / "0.pfstate", tmp_path / "1.pfstate"
+    write_state_file(first, state(0, short) + state(1, long_), mtime=t)
+    write_state_file(second, state(1, long_ + 1200), mtime=t + 1200)   # the short one ended
     db = tmp_path / "h.db"
-    assert run_cli("collect", "--db", db, "--from-file", snap).returncode == 0
-    doc = _report_json(db, since=_iso(t - 3600), until=_iso(t + 7200))
-    table, = [tab for sec in doc["sections"] for tab in sec["tables"]
-              if tab["key"] == "open_for_days"]
-    assert [dict(zip(table["columns"], r))["lived"] for r in table["rows"]] == [25 * 3600]
-    assert table["note"].startswith("1 in all")
+    assert run_cli("collect", "--db", db, "--from-file", first, second).returncode == 0
+
+    def open_for_days(until):
+        doc = _report_json(db, since=_iso(t - 3600), until=_iso(until))
+        table, = [tab for sec in doc["sections"] for tab in sec["tables"]
+                  if tab["key"] == "open_for_days"]
+        return table["note"], [dict(zip(table["columns"], r))["lived"] for r in table["rows"]]
+
+    # Ended between t and t + 1200, so alive at t + 900, but last seen at t.
+    note, lived = open_for_days(t + 900)
+    assert lived == [long_ + 900] and note.startswith("1 in all")
+    note, lived = open_for_days(t + 7200)
+    assert lived == [long_ + 1200] and note.startswith("1 in all")
 
 
 def _iso(epoch):
