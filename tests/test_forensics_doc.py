@@ -149,21 +149,22 @@ def _close_the_hour(target, snapshots):
     assert out.returncode == 0, out.stderr
 
 
+def _recorded(target, snapshots):
+    """target (a SQLite path or a URL) with the snapshots recorded by the CLI."""
+    result = run_cli("collect", "--db", target, "--from-file", *snapshots)
+    assert result.returncode == 0, result.stderr
+    return target
+
+
 @pytest.fixture(scope="module")
 def forensic_db(snapshots):
-    db = snapshots[0].parent.parent / "history.db"
-    result = run_cli("collect", "--db", db, "--from-file", *snapshots)
-    assert result.returncode == 0, result.stderr
-    return db
+    return _recorded(snapshots[0].parent.parent / "history.db", snapshots)
 
 
 @pytest.fixture(scope="module")
 def forensic_pg(snapshots, pg_server):
     """The same snapshots recorded into PostgreSQL: the database's URL."""
-    url = pg_server.create_database()
-    result = run_cli("collect", "--db", url, "--from-file", *snapshots)
-    assert result.returncode == 0, result.stderr
-    return url
+    return _recorded(pg_server.create_database(), snapshots)
 
 
 @pytest.fixture(scope="module")
@@ -176,9 +177,7 @@ def closed_db(forensic_db, snapshots):
 
 @pytest.fixture(scope="module")
 def closed_pg(snapshots, pg_server):
-    url = pg_server.create_database()
-    result = run_cli("collect", "--db", url, "--from-file", *snapshots)
-    assert result.returncode == 0, result.stderr
+    url = _recorded(pg_server.create_database(), snapshots)
     _close_the_hour(url, snapshots)
     return url
 
