@@ -415,6 +415,8 @@ def _snapshots(args):
     if not args.from_file:
         if not live.is_openbsd():
             raise PFError(live.NOT_OPENBSD + " (--from-file PATH)")
+        # A device it cannot open (not root) is refused before a database is made.
+        live.check_device()
         snapshots = [Snapshot(None, at if at is not None else now, live.DEFAULT_DEVICE)]
     elif at is not None and len(args.from_file) > 1:
         raise PFError("--at gives one time; record one state file with it")

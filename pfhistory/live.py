@@ -10,7 +10,7 @@ import sys
 from pfhistory import _native
 from pfhistory.exceptions import LiveTableError
 
-__all__ = ["DEFAULT_DEVICE", "is_openbsd", "read_live_table", "NOT_OPENBSD"]
+__all__ = ["DEFAULT_DEVICE", "is_openbsd", "check_device", "read_live_table", "NOT_OPENBSD"]
 
 DEFAULT_DEVICE = "/dev/pf"
 
@@ -23,16 +23,26 @@ def is_openbsd():
     return sys.platform.startswith("openbsd")
 
 
-def read_live_table(dev=DEFAULT_DEVICE):
-    """Return the live table's records (bytes, 264 per state)."""
-    if not is_openbsd():
-        raise LiveTableError(NOT_OPENBSD)
+def _open_device(dev):
     try:
-        fd = os.open(dev, os.O_RDONLY)
+        return os.open(dev, os.O_RDONLY)
     except PermissionError:
         raise LiveTableError(f"{dev}: permission denied (reading PF's state table needs root)") from None
     except OSError as e:
         raise LiveTableError(f"{dev}: cannot open: {e.strerror}") from None
+
+
+def check_device(dev=DEFAULT_DEVICE):
+    """Refuse a device that cannot be opened (not root, no pf) before a
+    collector makes a database it would leave empty."""
+    os.close(_open_device(dev))
+
+
+def read_live_table(dev=DEFAULT_DEVICE):
+    """Return the live table's records (bytes, 264 per state)."""
+    if not is_openbsd():
+        raise LiveTableError(NOT_OPENBSD)
+    fd = _open_device(dev)
     try:
         status, err, data = _native.fetch_live(fd)
     finally:
