@@ -753,6 +753,25 @@ def _endpoint_filter(name, bounds, sides, params):
     return f"s.pk IN ({' UNION '.join(parts)})"
 
 
+def _end_filter(name, bounds, column, afto_wire_column, params):
+    """s.pk with an address in [first, last] at one end (local: column addr1 of
+    either key; remote: addr0). An af-to state's stack key has its sides swapped
+    (the initiator's new source at [1], the responder at [0]), so its wire key
+    has that end at the other index: the ends pfctl prints its two sides with."""
+    af, first, last = bounds
+    params[f"{name}_af"], params[f"{name}_lo"], params[f"{name}_hi"] = af, first, last
+    ids = (f"SELECT id FROM addresses WHERE af = :{name}_af "
+           f"AND bin BETWEEN :{name}_lo AND :{name}_hi")
+    afto = ("EXISTS (SELECT 1 FROM state_keys o WHERE o.state_pk = k.state_pk "
+            "AND o.side = 1 AND o.af <> k.af)")
+    return (f"s.pk IN (SELECT state_pk FROM state_keys WHERE {column} IN ({ids}) "
+            f"AND mirror = 0 AND side = 1 "
+            f"UNION SELECT k.state_pk FROM state_keys k WHERE k.{column} IN ({ids}) "
+            f"AND k.mirror = 0 AND k.side = 0 AND NOT {afto} "
+            f"UNION SELECT k.state_pk FROM state_keys k WHERE k.{afto_wire_column} IN ({ids}) "
+            f"AND k.mirror = 0 AND k.side = 0 AND {afto})")
+
+
 def history_rows(conn, f, at_row):
     """The rows History rebuilds PFState objects from, streamed.
 
@@ -881,9 +900,9 @@ def _history_sql(conn, f, at_row, history):
         where.append(_endpoint_filter("host", f.host, ((None, "addr0"), (None, "addr1")),
                                       params))
     if f.local is not None:
-        where.append(_endpoint_filter("local", f.local, ((None, "addr1"),), params))
+        where.append(_end_filter("local", f.local, "addr1", "addr0", params))
     if f.remote is not None:
-        where.append(_endpoint_filter("remote", f.remote, ((None, "addr0"),), params))
+        where.append(_end_filter("remote", f.remote, "addr0", "addr1", params))
     if f.port is not None and f.host is None:
         params["port"] = f.port
         where.append("s.pk IN (SELECT state_pk FROM state_keys WHERE port0 = :port AND mirror = 0 "
@@ -1128,7 +1147,8 @@ def _rollup_versions(column):
 # the peers then from its first peer sample np, else (they never changed) its own.
 _ROLLUP_HOUR_SQL = (
     "SELECT s.pk, s.direction, s.proto, s.rule, s.anchor, s.ifname, "
-    "wk.addr0, wk.port0, wk.addr1, wk.port1, sk.addr0, sk.addr1, sk.port1, wk.mirror, "
+    "wk.addr0, wk.port0, wk.addr1, wk.port1, sk.addr0, sk.port0, sk.addr1, sk.port1, "
+    "wk.mirror, CASE WHEN wk.af <> sk.af THEN 1 ELSE 0 END, "
     "CASE WHEN s.first_seen > :before THEN 1 ELSE 0 END, "
     "CASE WHEN s.first_seen > :before AND s.proto = 6 THEN (CASE "
     "WHEN s.values_since = s.first_seen THEN "
@@ -1166,7 +1186,8 @@ def rollup_hour_states(conn, before, last, first_id, closed):
     first_id: the history's first collection (its states' bytes are a baseline).
 
     Rows: pk, direction, proto, rule, anchor, ifname, the wire key's addr0, port0,
-    addr1, port1, the stack key's addr0, addr1, port1, mirror, new (1/0), half-open
+    addr1, port1, the stack key's addr0, port0, addr1, port1, mirror, af-to (1/0: the
+    keys of two families, the stack key's sides swapped), new (1/0), half-open
     (1/0; NULL if unknown), then packets0, packets1, bytes0, bytes1 moved in the hour
     (negative if a counter went back; NULL if a sample they need has expired). States
     whose values did not change since before moved nothing in the hour and were not
@@ -1337,12 +1358,14 @@ def address_texts(conn, ids):
     return out
 
 
-# A past connection as reports list it: endpoints as text, lifetime, bytes.
+# A past connection as reports list it: endpoints as text, lifetime, bytes, and
+# whether it is af-to (its keys of two families: the stack key's sides swapped).
 _REPORT_STATE = (
     "s.pk, s.proto, s.direction, s.ifname, s.rule, s.anchor, "
     "wa0.text, wk.port0, wa1.text, wk.port1, sa0.text, sk.port0, sa1.text, sk.port1, "
     "wk.mirror, s.created_at, COALESCE(s.last_seen_at, {latest}), s.ended_before_at, "
-    "s.bytes0, s.bytes1, s.packets0, s.packets1 "
+    "s.bytes0, s.bytes1, s.packets0, s.packets1, "
+    "CASE WHEN wk.af <> sk.af THEN 1 ELSE 0 END "
     "FROM states s "
     "JOIN state_keys wk ON wk.state_pk = s.pk AND wk.side = 0 "
     "JOIN state_keys sk ON sk.state_pk = s.pk AND sk.side = 1 "

@@ -412,13 +412,18 @@ class _Builder:
     def _connections(self, key, title, rows, note=""):
         out = []
         for (pk, proto, direction, ifname, rule, anchor, wa0, wp0, wa1, wp1, sa0, sp0, sa1,
-             sp1, mirror, created, last, ended, b0, b1, _p0, _p1) in rows:
+             sp1, mirror, created, last, ended, b0, b1, _p0, _p1, afto) in rows:
             ep = _endpoint if proto in _PORTED else (lambda a, _p: a)
-            if direction == PF_OUT:
-                src, dst = ep(sa1, sp1), ep(wa0, wp0)
+            if afto:
+                # As pfctl prints it: the initiator, to the responder after
+                # translation, via the initiator's new source (the stack key's [1]).
+                src, dst, via = ep(wa0, wp0), ep(sa0, sp0), ep(sa1, sp1)
             else:
-                src, dst = ep(wa0, wp0), ep(sa1, sp1)
-            via = "" if mirror or (wa1 == sa1 and wp1 == sp1) else ep(wa1, wp1)
+                if direction == PF_OUT:
+                    src, dst = ep(sa1, sp1), ep(wa0, wp0)
+                else:
+                    src, dst = ep(wa0, wp0), ep(sa1, sp1)
+                via = "" if mirror or (wa1 == sa1 and wp1 == sp1) else ep(wa1, wp1)
             end = min(last, self.until)
             out.append((PROTOCOL_NAMES.get(proto, str(proto)), src, dst, via,
                         _rule(rule, anchor), ifname, created, end - created, b0 + b1,

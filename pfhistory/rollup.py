@@ -235,8 +235,8 @@ class _Accumulator:
                 s[4] += c
                 s[5] += d
 
-        for (pk, direction, proto, rule, anchor, ifname, wa0, wp0, wa1, wp1, sa0, sa1, sp1,
-             mirror, n, half, p0, p1, b0, b1) in rows:
+        for (pk, direction, proto, rule, anchor, ifname, wa0, wp0, wa1, wp1, sa0, sp0, sa1,
+             sp1, mirror, afto, n, half, p0, p1, b0, b1) in rows:
             if p0 is None:
                 expired = True          # a sample it needed has expired
                 if not n:
@@ -256,7 +256,13 @@ class _Accumulator:
             if half is None:
                 expired = True
                 half = 0
-            if direction == PF_OUT:
+            if afto:
+                # af-to (always in): the wire key's [0] is the initiator; the stack
+                # key, of the other family, has its sides swapped: [0] is the
+                # responder as the translated packet reaches it, [1] the
+                # initiator's new source.
+                initiator, responder, its_peer, port = wa0, sa0, sa0, sp0
+            elif direction == PF_OUT:
                 # PF_OUT: [1] is the initiator (the stack key keeps it before
                 # NAT), [0] the responder.
                 initiator, responder, its_peer, port = sa1, sa0, wa0, wp0
@@ -329,8 +335,11 @@ class _Accumulator:
                 s[4] += b0
                 s[5] += b1
             # A translation of the local side: nat-to (out) or rdr-to (in)
-            # gives the wire key's [1] another address or port than the stack's.
-            if not mirror and (wa1 != sa1 or wp1 != sp1):
+            # gives the wire key's [1] another address or port than the stack's;
+            # af-to gives the initiator the stack key's [1] as its new source.
+            if afto:
+                bump(d_nat, sa1, n, half, p0, p1, b0, b1)
+            elif not mirror and (wa1 != sa1 or wp1 != sp1):
                 bump(d_nat, wa1, n, half, p0, p1, b0, b1)
                 if direction != PF_OUT:
                     bump(d_pub, (wa1, sa1, proto, wp1, sp1), n, half, p0, p1, b0, b1)

@@ -233,14 +233,23 @@ def _lifetime(obs_list):
     return first_when, obs_list[-1][1], last
 
 
+def _ends(s, local):
+    """(key, address index) of a state's local (or remote) end on each key: [1]
+    (remote [0]) of both, but an af-to state's stack key has its sides swapped."""
+    afto = s.wire_key.record_af != s.stack_key.record_af
+    i = 1 if local else 0
+    return [(s.wire_key, 1 - i if afto else i), (s.stack_key, i)]
+
+
+def _end_in(s, local, bounds, af):
+    return any(_in(k.addr[i], bounds) for k, i in _ends(s, local) if k.record_af == af)
+
+
 FILTERS = [
     ({"host": "10.0.0.0/16"}, lambda s: any(_in(a, "10.0.0.0/16") for k in (s.wire_key, s.stack_key)
                                              for a in k.addr if k.record_af == 2)),
-    ({"local": "fd00::/64"}, lambda s: any(_in(k.addr[1], "fd00::/64")
-                                           for k in (s.wire_key, s.stack_key) if k.record_af == 24)),
-    ({"remote": "203.0.113.0/24"}, lambda s: any(_in(k.addr[0], "203.0.113.0/24")
-                                                 for k in (s.wire_key, s.stack_key)
-                                                 if k.record_af == 2)),
+    ({"local": "fd00::/64"}, lambda s: _end_in(s, True, "fd00::/64", 24)),
+    ({"remote": "203.0.113.0/24"}, lambda s: _end_in(s, False, "203.0.113.0/24", 2)),
     ({"port": 53}, lambda s: 53 in [int(p) for k in (s.wire_key, s.stack_key) for p in k.port]),
     ({"proto": "udp"}, lambda s: s.proto == 17),
     ({"proto": 58}, lambda s: s.proto == 58),

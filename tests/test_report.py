@@ -56,7 +56,7 @@ def _fields(rec):
         wp0=struct.unpack_from(">H", rec, 56)[0], wp1=struct.unpack_from(">H", rec, 58)[0],
         sa0=_addr(rec, 64, saf), sa1=_addr(rec, 80, saf),
         sp1=struct.unpack_from(">H", rec, 98)[0],
-        mirror=rec[24:64] == rec[64:104],
+        mirror=rec[24:64] == rec[64:104], afto=waf != saf,
         creation=struct.unpack_from(">I", rec, 196)[0],
         b=struct.unpack_from(">QQ", rec, 220), p=struct.unpack_from(">QQ", rec, 204),
         src_state=rec[OFF_SRC + PEER_OFF_STATE], dst_state=rec[OFF_DST + PEER_OFF_STATE])
@@ -176,6 +176,10 @@ def _brute(decoded, since=SINCE, until=UNTIL):
             init = s["sa1"] if out else s["wa0"]
             resp = s["sa0"] if out else s["sa1"]
             peer = s["wa0"] if out else s["wa1"]
+            if s["afto"]:
+                # af-to (in): the stack key, of the other family, has its sides
+                # swapped; its [0] is the responder, as the initiator's packets reach it.
+                resp = peer = s["sa0"]
             if _local(init):
                 pairs = [("local", init, b0, b1), ("remote", peer, b1, b0)]
             elif _local(resp):
