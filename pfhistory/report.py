@@ -214,11 +214,13 @@ class _Builder:
         colls = self.colls
         sec = Section("overview", "Overview")
         # The history's first collection is its baseline: what its states moved
-        # and when they began cannot be placed in an interval.
-        counted = [c for c in colls if c[0] != self.first_id]
+        # and when they began cannot be placed in an interval. A collection at
+        # since counts what happened before it: the period is (since, until], as
+        # for rollups, so that the totals of adjacent periods add up.
+        counted = [c for c in colls if c[0] != self.first_id and c[1] > self.since]
         # pfsync batches (as rollups count them): the states they first saw or ended,
         # and what moved, each in the interval of the next snapshot.
-        batches = [b for b in self.batches if b[0] != self.first_id]
+        batches = [b for b in self.batches if b[0] != self.first_id and b[1] > self.since]
         into = {}
         times = [c[1] for c in colls]
         for b in batches:
@@ -248,7 +250,8 @@ class _Builder:
                   ("packets moved", moved_p)]
         t.note += ("New and ended states are those first seen and last seen between "
                    "collections; states that began and ended between two collections are "
-                   "not counted.")
+                   "not counted. A collection at the period's start holds what happened "
+                   "before it and is left out of these totals, so adjacent periods add up.")
         if batches and colls:
             t.note += (f" With the {len(batches):,} pfsync batches of the period: the states "
                        f"they saw begin or end are counted, each batch in the interval of the "
