@@ -97,7 +97,9 @@ def _add_simulate(sub):
                "  pfhistory simulate --pfsync /tmp/fw.pcap --send 224.0.0.240 "
                "--send-iface em1\n",
     )
-    p.add_argument("--out", metavar="DIR", help="directory for the snapshots")
+    p.add_argument("--out", metavar="DIR",
+                   help="directory for the snapshots: a new or empty one (one already "
+                        "holding files is refused, so two runs never mix)")
     p.add_argument("--states", type=_positive_int, default=1000,
                    help="concurrent states (default 1000, up to 2000000)")
     p.add_argument("--interval", default="60s", help="time between snapshots (default 60s)")
@@ -107,7 +109,8 @@ def _add_simulate(sub):
     p.add_argument("--creatorid", type=_hex_u32, default=0x1A2B3C4D,
                    help="the firewall's hostid in hex (default 1a2b3c4d)")
     p.add_argument("--missing", default="", metavar="I,J,...",
-                   help="snapshot indexes not written, to model missed cron runs")
+                   help="snapshot indexes not written, to model missed cron runs (0 is "
+                        "the first; --duration 1h with the default --interval is 0 to 60)")
     p.add_argument("--truth", action="store_true",
                    help="also write the simulator's ground truth (truth.jsonl)")
     p.add_argument("--pfsync", metavar="PCAP",
@@ -150,9 +153,14 @@ def _wait_seconds(text):
 
 
 def _at_least_one(text):
-    n = _positive_int(text)
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if n < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: a list needs at least one row")
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {text!r}")
+    if n > _MAX_INT64:
+        raise argparse.ArgumentTypeError(f"{text!r} is too large (at most {_MAX_INT64})")
     return n
 
 
@@ -185,8 +193,9 @@ def _cmd_simulate(args):
     except ValueError:
         raise PFError(f"--missing {args.missing!r} is not a list of snapshot numbers") from None
     if args.pfsync or args.send:
-        if args.out or args.truth:
-            raise PFError("--pfsync writes packets, not snapshots: leave out --out and --truth")
+        if args.out or args.truth or missing:
+            raise PFError("--pfsync writes packets, not snapshots: leave out --out, --truth "
+                          "and --missing")
         if not args.pfsync:
             raise PFError("--send needs --pfsync PCAP (the packets sent are also written there)")
         from pfhistory import syncsim
@@ -202,11 +211,15 @@ def _cmd_simulate(args):
         return 0
     if not args.out:
         raise PFError("give --out DIR for snapshots, or --pfsync PCAP for pfsync packets")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise PFError(f"--out {args.out}: exists and is not a directory")
     cfg = SimulationConfig(states=args.states, interval=interval, duration=duration,
                            seed=args.seed, start=start, creatorid=args.creatorid,
                            missing=missing)
+    last = cfg.snapshot_count - 1
+    for index in cfg.missing:
+        if not 0 <= index <= last:
+            raise PFError(f"--missing {index} is out of range: this run's snapshots are "
+                          f"0 to {last}")
+    _refuse_used_directory(args.out)
     try:
         result = simulate(cfg, args.out, truth=args.truth)
     except OSError as e:
@@ -216,10 +229,31 @@ def _cmd_simulate(args):
     return 0
 
 
+def _refuse_used_directory(out):
+    """--out must be new or empty: snapshots of another run left beside this
+    one's (other times, other seeds, a stale truth.jsonl) would be collected
+    as one firewall's history."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise PFError(f"--out {out}: exists and is not a directory")
+    try:
+        entries = sorted(os.listdir(out))
+    except (FileNotFoundError, NotADirectoryError):
+        return      # to be made (making it says what is in the way)
+    except OSError as e:
+        raise PFError(f"--out {out}: cannot read the directory: {e.strerror}") from None
+    if entries:
+        more = f" and {len(entries) - 1} more" if len(entries) > 1 else ""
+        raise PFError(f"--out {out}: already holds {entries[0]}{more}; give a new or empty "
+                      f"directory (remove the old snapshots first to simulate again)")
+
+
 def _add_db_option(p):
     p.add_argument("--db", metavar="URL",
                    help="SQLAlchemy URL or SQLite file path (default: $PFHISTORY_DB, "
-                        "else /var/db/pfhistory/history.db on OpenBSD)")
+                        "else /var/db/pfhistory/history.db on OpenBSD; elsewhere "
+                        "/var/lib/pfhistory/history.db for root, "
+                        "~/.local/share/pfhistory/history.db for other users, under "
+                        "$XDG_DATA_HOME if set)")
 
 
 def _add_collect(sub):
@@ -320,12 +354,11 @@ def _pfsync_summary(recorder):
 def _cmd_collect_pcap(args):
     from pfhistory import collector, queries, rollup, syncrecorder
     from pfhistory.db import require_current_schema, write_transaction
-    from pfhistory.timespec import parse_duration
 
     if args.from_file or args.at is not None:
         raise PFError("--from-pcap takes its times from the packets: leave out "
                       "--from-file and --at")
-    retention = int(parse_duration(args.sample_retention, "--sample-retention"))
+    retention = _sample_retention(args)
     # A file that is no capture, or dated in the future, is refused before any database.
     span = syncrecorder.capture_span(args.from_pcap)
     collector.refuse_future(args.from_pcap, span[1], "its last packet")
@@ -350,11 +383,10 @@ def _cmd_collect_pcap(args):
 
 def _cmd_collect(args):
     from pfhistory import collector, queries, rollup
-    from pfhistory.timespec import parse_duration
 
     if args.from_pcap:
         return _cmd_collect_pcap(args)
-    retention = parse_duration(args.sample_retention, "--sample-retention")
+    retention = _sample_retention(args)
     networks = (rollup.parse_networks(args.local_networks)
                 if args.local_networks is not None else None)
     snapshots = _snapshots(args)
@@ -369,7 +401,7 @@ def _cmd_collect(args):
                 queries.set_setting(conn, rollup.LOCAL_NETWORKS_SETTING, ",".join(networks))
         for snapshot in snapshots:
             result = collector.record_snapshot(engine, snapshot,
-                                               sample_retention=int(retention))
+                                               sample_retention=retention)
             # The hours this collection completed go into the rollups now, while
             # their samples are kept (own transactions: the collection is safe);
             # with --no-rollups, `pfhistory rollup` does it from its own cron line.
@@ -383,6 +415,18 @@ def _cmd_collect(args):
     finally:
         engine.dispose()
     return 0
+
+
+def _sample_retention(args):
+    """--sample-retention in whole seconds; none at all is refused: 0 would keep
+    no samples (show --at and the hourly rollups read them), not keep them forever."""
+    from pfhistory.timespec import parse_duration
+
+    seconds = int(parse_duration(args.sample_retention, "--sample-retention"))
+    if seconds < 1:
+        raise PFError(f"--sample-retention {args.sample_retention!r} would keep no samples: "
+                      f"give at least 1s (default 24h)")
+    return seconds
 
 
 def _check_before_writing(args, snapshots):
@@ -500,7 +544,7 @@ def _add_db(sub):
 
 
 def _cmd_db(args):
-    from pfhistory.db import schema_status, upgrade_to_head
+    from pfhistory.db import current_schema, upgrade_to_head
 
     if args.action == "history":
         from alembic.script import ScriptDirectory
@@ -515,8 +559,8 @@ def _cmd_db(args):
         return 0
     url, engine = _open_db(args.db, create=args.action == "upgrade")
     try:
-        status, revision = schema_status(engine, url)
         if args.action == "current":
+            status, revision = current_schema(engine, url)
             print(f"{revision} ({status})" if revision else f"no schema ({status})")
             return 0
         head = upgrade_to_head(engine, url)
@@ -741,15 +785,19 @@ def _add_report(sub):
 
 def _cmd_report(args):
     import time as _time
+    from datetime import datetime, timezone
 
     from pfhistory.timespec import parse_time
 
-    now = _time.time()
-    until = parse_time(args.until, what="--until").timestamp() if args.until else now
-    since = (parse_time(args.since, what="--since").timestamp() if args.since
+    # Both ends counted back from the same now: "--since 2h --until 1h" is one hour.
+    now_utc = datetime.fromtimestamp(_time.time(), timezone.utc)
+    now = now_utc.timestamp()   # to the microsecond, as a time counted back from it
+    until = (parse_time(args.until, now=now_utc, what="--until").timestamp() if args.until
+             else now)
+    since = (parse_time(args.since, now=now_utc, what="--since").timestamp() if args.since
              else until - 86400)
-    if until < since:
-        raise PFError("--until is before --since: the period would be empty")
+    if int(until) <= int(since):     # the report counts whole seconds
+        raise PFError("--until must be after --since: the period would be empty")
     from pfhistory import report_format
 
     url, engine = _open_db(args.db, readonly=True)
@@ -806,9 +854,8 @@ def _cmd_listen(args):
     from pfhistory.db import require_current_schema
     from pfhistory.listener import Listener
     from pfhistory.syncsocket import open_receiver
-    from pfhistory.timespec import parse_duration
 
-    retention = int(parse_duration(args.sample_retention, "--sample-retention"))
+    retention = _sample_retention(args)
     sock = open_receiver(args.iface)       # refuse a bad interface before any database
     try:
         url, engine = _open_db(args.db, create=True, wait=args.wait)

@@ -28,8 +28,9 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from pfhistory.exceptions import PFError
 
 __all__ = ["DatabaseError", "default_path", "resolve_url", "open_engine", "alembic_config",
-           "schema_status", "history_absent", "require_current_schema", "upgrade",
-           "upgrade_to_head", "describe_db_error", "BUSY_TIMEOUT_S", "write_transaction"]
+           "schema_status", "current_schema", "history_absent", "require_current_schema",
+           "upgrade", "upgrade_to_head", "describe_db_error", "BUSY_TIMEOUT_S",
+           "write_transaction"]
 
 DB_ENV = "PFHISTORY_DB"
 BUSY_TIMEOUT_S = 30.0
@@ -371,6 +372,15 @@ def _refuse_foreign_or_newer(status, revision, url):
     if status == "newer":
         raise DatabaseError(f"{_shown(url)}: its schema ({revision}) is newer than this "
                             f"pfhistory knows; upgrade pfhistory")
+
+
+def current_schema(engine, url):
+    """`pfhistory db current`: (status, revision) of a pfhistory database or an
+    empty one; another application's is refused, as `db upgrade` refuses it."""
+    status, revision = schema_status(engine, url)
+    if status == "foreign":
+        _refuse_foreign_or_newer(status, revision, url)
+    return status, revision
 
 
 def upgrade_to_head(engine, url):

@@ -21,6 +21,7 @@ from pfhistory.pf import states_from_columns
 from pfhistory.pfctl_text import format_records
 from pfhistory.pfvar import OPENBSD_AF_INET, OPENBSD_AF_INET6, PF_IN, PF_OUT
 from pfhistory.protocols import PROTOCOL_NUMBERS
+from pfhistory.timespec import TimeSpecError, parse_duration, parse_time
 
 __all__ = ["History", "HistoryInfo", "parse_host", "parse_port", "parse_proto"]
 
@@ -41,14 +42,31 @@ def _utc(epoch):
     return None if epoch is None else datetime.fromtimestamp(epoch, timezone.utc)
 
 
-def _epoch(t):
+def _epoch(t, what="time"):
+    """Epoch seconds for a time given as the CLI takes it ("2026-11-24T22:00",
+    "2h"), as a datetime (naive: local time) or as epoch seconds."""
     if t is None:
         return None
+    if isinstance(t, str):
+        return int(parse_time(t, what=what).timestamp())
     if isinstance(t, (int, float)):
         return int(t)
-    if t.tzinfo is None:
-        t = t.astimezone()
-    return int(t.timestamp())
+    if isinstance(t, datetime):
+        if t.tzinfo is None:
+            t = t.astimezone()
+        return int(t.timestamp())
+    raise TimeSpecError(f"{what} {t!r} is not a time: give a datetime, epoch seconds or "
+                        f"a string such as 2026-11-24T22:00 or 2h")
+
+
+def _seconds(d, what):
+    """Seconds for a duration given as the CLI takes it ("3d") or as a number."""
+    if d is None or isinstance(d, (int, float)):
+        return d
+    if isinstance(d, str):
+        return int(parse_duration(d, what))
+    raise TimeSpecError(f"{what} {d!r} is not a duration: give seconds or a string "
+                        f"such as 90m or 3d")
 
 
 def ifname_raw(text):
@@ -157,13 +175,18 @@ class History:
                min_bytes=None, min_duration=None, order="first_seen", limit=None):
         """PFState objects for past connections, filtered (all filters combine).
 
+        Times (at, since, until) are what the CLI takes ("2026-11-24T22:00",
+        local unless an offset is given; "2h" back from now), datetimes or
+        epoch seconds; min_duration is "3d" or seconds. One that cannot be read
+        raises TimeSpecError (a PFError).
+
         at: the state table of the newest collection at or before that time,
         every state carrying its values of that collection where the samples
         still hold them (history.exact tells). Without at, each state carries
         its last observed values.
         """
         filters = queries.HistoryFilters(
-            since=_epoch(since), until=_epoch(until),
+            since=_epoch(since, "since"), until=_epoch(until, "until"),
             host=parse_host(host) if host is not None else None,
             local=parse_host(local, "--local") if local is not None else None,
             remote=parse_host(remote, "--remote") if remote is not None else None,
@@ -173,11 +196,11 @@ class History:
             rule=rule, anchor=anchor, creatorid=creatorid,
             state_id=None if id is None else (id - (1 << 64) if id >= 1 << 63 else id),
             nat=nat, open=open, closed=closed, min_bytes=min_bytes,
-            min_duration=min_duration, order=order, limit=limit)
+            min_duration=_seconds(min_duration, "min_duration"), order=order, limit=limit)
         at_row = None
         if at is not None:
             with self.engine.connect() as conn:
-                at_row = queries.collection_at_or_before(conn, _epoch(at))
+                at_row = queries.collection_at_or_before(conn, _epoch(at, "at"))
             if at_row is None:
                 return iter(())
         return self._stream(filters, at_row)
@@ -197,7 +220,8 @@ class History:
 
     def table_at(self, t, verbose=2):
         """What ``pfctl -ss`` printed (``-vv`` by default) at the collection at
-        or before t, in the order of that snapshot's records."""
+        or before t (a time as states() takes it), in the order of that
+        snapshot's records."""
         with self.engine.connect() as conn:
             at_row = queries.collection_at_or_before(conn, _epoch(t))
             if at_row is None:

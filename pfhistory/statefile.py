@@ -6,6 +6,7 @@ refuses, with one sentence, anything that is not such a file.
 
 import errno
 import os
+import shlex
 import stat
 
 from pfhistory import _native
@@ -42,6 +43,23 @@ def _size_error(path, size):
         f"FreeBSD, which pfhistory does not read")
 
 
+def _capture_error(path, fd):
+    """The sentence for a pcap or pcapng capture given as a state file (the
+    pfsync traffic of the same firewall, recorded another way), else None."""
+    from pfhistory.capture import _PCAP_MAGIC, _PCAPNG_SHB
+
+    try:
+        head = os.pread(fd, 4, 0)
+    except OSError:
+        return None
+    magic = int.from_bytes(head, "little") if len(head) == 4 else None
+    if magic not in _PCAP_MAGIC and magic != _PCAPNG_SHB:
+        return None
+    return StateFileError(f"{path}: is a pcap capture, not a pfctl -S state file; "
+                          f"record a capture of pfsync traffic with "
+                          f"pfhistory collect --from-pcap {shlex.quote(path)}")
+
+
 def open_state_file(path):
     """Open a state file for reading; return (file object, number of records)."""
     path = os.fspath(path)
@@ -62,7 +80,7 @@ def open_state_file(path):
     elif not stat.S_ISREG(st.st_mode):
         problem = StateFileError(f"{path}: not a regular file; give a pfctl -S state file")
     elif st.st_size % RECORD_SIZE:
-        problem = _size_error(path, st.st_size)
+        problem = _capture_error(path, fd) or _size_error(path, st.st_size)
     if problem is not None:
         os.close(fd)
         raise problem

@@ -8,7 +8,13 @@ from datetime import datetime, timedelta, timezone
 
 from pfhistory.exceptions import PFError
 
-__all__ = ["parse_duration", "parse_time", "format_time", "format_epoch", "format_duration"]
+__all__ = ["TimeSpecError", "parse_duration", "parse_time", "format_time", "format_epoch",
+           "format_duration"]
+
+
+class TimeSpecError(PFError, ValueError):
+    """A time or duration that cannot be read (one sentence naming what was given)."""
+
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
@@ -26,10 +32,10 @@ def parse_duration(text, what="duration"):
     """Seconds (float) for "45", "45s", "90m", "2h", "3d" or "1w"."""
     m = _DURATION.match(str(text))
     if not m:
-        raise PFError(f"{what} {text!r} is not a duration like 90s, 90m, 2h or 3d")
+        raise TimeSpecError(f"{what} {text!r} is not a duration like 90s, 90m, 2h or 3d")
     seconds = float(m.group(1)) * _UNITS[m.group(2) or "s"]
     if seconds > _MAX_DURATION_S:
-        raise PFError(f"{what} {text!r} is too long: at most 100 years")
+        raise TimeSpecError(f"{what} {text!r} is too long: at most 100 years")
     return seconds
 
 
@@ -45,7 +51,7 @@ def parse_time(text, now=None, what="time"):
         try:
             t = datetime.fromisoformat(candidate)
         except ValueError:
-            raise PFError(
+            raise TimeSpecError(
                 f"{what} {text!r} is not an ISO 8601 time (2026-11-24T22:00, "
                 f"2026-11-24 22:00+01:00) nor a duration back from now (90m, 2h, 3d)") from None
         try:
@@ -55,7 +61,7 @@ def parse_time(text, now=None, what="time"):
         except (ValueError, OverflowError, OSError):
             t = None                # at the ends of the calendar
     if t is None or not _EARLIEST <= t <= _LATEST:
-        raise PFError(f"{what} {text!r} is out of range: between 1970 and 9999")
+        raise TimeSpecError(f"{what} {text!r} is out of range: between 1970 and 9999")
     return t
 
 

@@ -73,7 +73,8 @@ def test_db_current_names_a_foreign_file_without_changing_it(tmp_path):
     db = tmp_path / "theirs.db"
     _foreign(db)
     result = run_cli("db", "current", "--db", db)
-    assert result.stdout.strip() == "no schema (foreign)"
+    assert result.returncode == 1 and result.stdout == ""
+    assert "is not a pfhistory database" in result.stderr and "Traceback" not in result.stderr
     _as_it_was(db)
 
 

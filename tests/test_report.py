@@ -425,7 +425,7 @@ def test_empty_period_is_a_report_that_says_so(recorded):
 
 
 @pytest.mark.parametrize("args, message", [
-    (("--since", "2026-11-25T00:00Z", "--until", "2026-11-24T00:00Z"), "--until is before --since"),
+    (("--since", "2026-11-25T00:00Z", "--until", "2026-11-24T00:00Z"), "--until must be after --since"),
     (("--since", "yesterday"), "--since 'yesterday' is not an ISO 8601 time"),
 ])
 def test_bad_periods_are_one_sentence(recorded, args, message):
@@ -438,8 +438,8 @@ def test_bad_periods_are_one_sentence(recorded, args, message):
 def test_top_needs_a_row(recorded):
     out = run_cli("report", "--db", recorded[0], "--top", "0")
     assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert out.stderr.strip() == ("pfhistory report: argument --top: '0': a list needs at least "
-                                  "one row (see pfhistory report --help)")
+    assert out.stderr.strip() == ("pfhistory report: argument --top: must be at least 1, "
+                                  "not '0' (see pfhistory report --help)")
 
 
 def test_missing_and_foreign_databases_are_refused(tmp_path):
