@@ -14,8 +14,13 @@ $(VENV)/.installed: pyproject.toml setup.py $(wildcard native/*.c native/*.h nat
 
 venv: $(VENV)/.installed
 
+# The tests run the CLI in hundreds of subprocesses: the package is compiled to
+# bytecode once first (each would compile it anew where PYTHONDONTWRITEBYTECODE is
+# set), then whole modules run on one pytest-xdist worker per core, keeping each
+# module's fixtures on one worker, in the order tests/conftest.py sets (longest first).
 test: venv
-	$(PY) -m pytest -q
+	$(PY) -m compileall -q pfhistory migrations
+	$(PY) -m pytest -q -n auto --dist loadfile --no-loadscope-reorder
 
 demo: venv
 	$(PY) examples/demo.py --dir $(DEMO_DIR)

@@ -9,6 +9,23 @@ import pytest
 
 START = datetime(2026, 11, 24, 22, 0, tzinfo=timezone.utc)
 
+# The modules that take longest, longest first (from about 140 s down to 15 s each
+# in `make test` on two cores).
+# `make test` runs whole modules on parallel workers (pytest-xdist, --dist loadfile,
+# which keeps a module's fixtures on one worker) in collection order: starting with
+# the long ones lets the short ones fill in at the end, so the workers finish
+# together. Any order is correct; this one is only faster.
+LONGEST_FIRST = ("test_report.py", "test_postgres.py", "test_cli_mistakes.py",
+                 "test_syncrecorder.py", "test_collect.py", "test_collect_robustness.py",
+                 "test_forensics_doc.py", "test_prune.py", "test_history.py",
+                 "test_migrations.py")
+
+
+def pytest_collection_modifyitems(items):
+    """Run the modules of LONGEST_FIRST first, in that order; the rest as collected."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
 
 def run_cli(*args, env=None, input=None, cwd=None):
     """Run `python -m pfhistory ARGS` as a user would; return CompletedProcess."""

@@ -7,6 +7,10 @@ refuses to run as root, so under euid 0 it runs as the unprivileged user
 ``nobody``, which owns its directories. $PFHISTORY_TEST_PG_URL names an
 existing server to use instead (its role needs CREATEDB). Nothing goes
 through a shell.
+
+Under pytest-xdist (`make test`) each worker that needs a server starts its own:
+every one has its own directory from mkdtemp and so its own socket, and each
+database has a random name, so workers never meet.
 """
 
 import glob

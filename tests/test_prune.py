@@ -1,5 +1,7 @@
 """`pfhistory prune`: states that ended before a time go, with everything of theirs."""
 
+import os
+import shutil
 import sqlite3
 from datetime import timedelta
 
@@ -8,18 +10,29 @@ import pytest
 from conftest import run_cli, simulated
 
 
-@pytest.fixture
-def recorded(tmp_path):
+@pytest.fixture(scope="module")
+def recorded_once(tmp_path_factory):
     """Ten minutes of a firewall, then its last snapshot again an hour later: their hour
     is complete and rolled up, so prune may take the states that ended in it."""
-    series = simulated(tmp_path / "snapshots", 1500, 600.0, seed=13, truth=False)
-    db = tmp_path / "h.db"
+    tmp = tmp_path_factory.mktemp("prune")
+    series = simulated(tmp / "snapshots", 1500, 600.0, seed=13, truth=False)
+    db = tmp / "h.db"
     assert run_cli("collect", "--db", db, "--from-file",
                    *[p for _t, p in series.snapshots]).returncode == 0
     when, last = series.snapshots[-1]
     assert run_cli("collect", "--db", db, "--from-file", last,
                    "--at", (when + timedelta(hours=1)).isoformat()).returncode == 0
+    assert not os.path.exists(f"{db}-wal")      # closed: the file alone is the history
     return series, db
+
+
+@pytest.fixture
+def recorded(recorded_once, tmp_path):
+    """recorded_once's history, copied for this test alone: prune changes it."""
+    series, db = recorded_once
+    mine = tmp_path / "h.db"
+    shutil.copy(db, mine)
+    return series, mine
 
 
 def _count(con, sql, *args):
