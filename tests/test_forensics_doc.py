@@ -193,7 +193,11 @@ def history(forensic_db):
 def _run(db, name, **overrides):
     """The sqlite3 query's rows on a SQLite history, as dicts."""
     sql, params = QUERIES[name]["sqlite"]
-    params = {**params, **overrides}
+    return sqlite_rows(db, sql, {**params, **overrides})
+
+
+def sqlite_rows(db, sql, params):
+    """Rows of sql on a SQLite history opened read-only, as dicts."""
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     con.row_factory = sqlite3.Row
     try:
@@ -382,13 +386,24 @@ def test_q5_open_for_days(ask, history):
 
 
 def test_q6_top_local_hosts(ask, history):
+    """What each state moved between the collections at the interval's ends (its
+    values there, rebuilt by History; gone by the end: its last ones), by local_addr
+    (of an af-to state its initiator, the wire key's [0])."""
     since, until = T0, T0 + 240
     rows = ask("Q6", since=_iso(since), until=_iso(until))
+    start = {(s.creatorid, s.id): s.bytes for s in history.states(at=since)}
+    end = {(s.creatorid, s.id): s.bytes for s in history.states(at=until)}
     totals = defaultdict(int)
     for s in history.states(since=since, until=until):
-        totals[str(s.stack_key.addr[1])] += sum(s.bytes)
+        key = (s.creatorid, s.id)
+        moved = sum(max(0, now - was) for now, was in
+                    zip(end.get(key, s.bytes), start.get(key, (0, 0))))
+        afto = s.wire_key.record_af != s.stack_key.record_af
+        if moved:
+            totals[str(s.wire_key.addr[0] if afto else s.stack_key.addr[1])] += moved
     top = sorted(totals.items(), key=lambda kv: (-kv[1], _packed(kv[0])))[:10]
     assert [(r["local_addr"], r["sent"] + r["received"]) for r in rows] == top
+    assert {r["unknown"] for r in rows} == {0}
 
 
 def test_q7_remote_hosts_by_connections(ask, history):
@@ -422,11 +437,21 @@ def test_q10_interface_inbound(ask, history):
     assert rows and {r["id"] for r in rows} == {_hex(s) for s in expected}
 
 
+def _view_end(s, local):
+    """(record af, address) of the view's local (or remote) end: the stack key's
+    [1] (the wire key's [0]); of an af-to state, whose stack key has its sides
+    swapped, the wire key's [0] (the stack key's [0]), as pfctl prints it."""
+    afto = s.wire_key.record_af != s.stack_key.record_af
+    key, i = ((s.wire_key, 0) if afto else (s.stack_key, 1)) if local else \
+        ((s.stack_key, 0) if afto else (s.wire_key, 0))
+    return key.record_af, ipaddress.ip_address(str(key.addr[i]))
+
+
 def test_q11_remote_cidr(ask, history):
     rows = ask("Q11")
     net = ipaddress.ip_network("198.51.100.0/24")
     expected = [s for s in history.states(remote="198.51.100.0/24")
-                if s.wire_key.record_af == 2 and ipaddress.ip_address(str(s.wire_key.addr[0])) in net]
+                if _view_end(s, False)[0] == 2 and _view_end(s, False)[1] in net]
     assert rows and {r["id"] for r in rows} == {_hex(s) for s in expected}
 
 
@@ -434,8 +459,7 @@ def test_q12_ipv6_local_prefix(ask, history):
     rows = ask("Q12")
     net = ipaddress.ip_network("fd00::/64")
     expected = [s for s in history.states(local="fd00::/64")
-                if s.stack_key.record_af == 24
-                and ipaddress.ip_address(str(s.stack_key.addr[1])) in net]
+                if _view_end(s, True)[0] == 24 and _view_end(s, True)[1] in net]
     assert rows and {r["id"] for r in rows} == {_hex(s) for s in expected}
 
 
@@ -455,13 +479,22 @@ def test_q14_gaps(ask, history):
 
 
 def test_q15_half_open(ask, history):
-    rows = ask("Q15")
-    counts = Counter()
-    for s in history.states(proto="tcp", direction="in"):
-        record_src = s.dst  # PF_IN: pfctl's src is the record's dst
-        if record_src.state in (2, 3):
-            counts[str(s.wire_key.addr[0])] += 1
-    assert rows and {r["source"]: r["half_open"] for r in rows} == dict(counts)
+    """TCP states first seen before either side was ESTABLISHED, judged at the
+    collection that first saw each (History), by initiator; and all states first
+    seen, by initiator."""
+    since, until = T0, T0 + 3600
+    rows = ask("Q15", since=_iso(since), until=_iso(until))
+    half, new = Counter(), Counter()
+    for _cid, t in history.collections():
+        if since < t.timestamp() <= until:
+            for s in history.states(at=t):
+                if s.history.first_seen == t:
+                    source = str(s.stack_key.addr[1] if s.direction == pf.PF_OUT
+                                 else s.wire_key.addr[0])
+                    new[source] += 1
+                    half[source] += s.proto == 6 and max(s.src.state, s.dst.state) < 4
+    assert rows and {r["source"]: (r["half_open"], r["new_states"]) for r in rows} == \
+        {k: (n, new[k]) for k, n in half.items() if n}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
