@@ -796,8 +796,9 @@ def _cmd_report(args):
              else now)
     since = (parse_time(args.since, now=now_utc, what="--since").timestamp() if args.since
              else until - 86400)
-    if int(until) <= int(since):     # the report counts whole seconds
-        raise PFError("--until must be after --since: the period would be empty")
+    # One instant (--since 0m, or twice the same time) is a period: the table then.
+    if int(until) < int(since):      # the report counts whole seconds
+        raise PFError("--until is before --since: the period would be empty")
     from pfhistory import report_format
 
     url, engine = _open_db(args.db, readonly=True)

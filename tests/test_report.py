@@ -425,7 +425,7 @@ def test_empty_period_is_a_report_that_says_so(recorded):
 
 
 @pytest.mark.parametrize("args, message", [
-    (("--since", "2026-11-25T00:00Z", "--until", "2026-11-24T00:00Z"), "--until must be after --since"),
+    (("--since", "2026-11-25T00:00Z", "--until", "2026-11-24T00:00Z"), "--until is before --since"),
     (("--since", "yesterday"), "--since 'yesterday' is not an ISO 8601 time"),
 ])
 def test_bad_periods_are_one_sentence(recorded, args, message):

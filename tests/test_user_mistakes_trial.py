@@ -162,14 +162,23 @@ def test_a_count_below_one_names_the_option_and_the_minimum(args):
 
 
 @pytest.mark.parametrize("period", [
-    ["--since", "0m"],
-    ["--since", "1h", "--until", "1h"],
     ["--since", "1h", "--until", "2h"],
-    ["--since", "2026-11-24T22:02Z", "--until", "2026-11-24T23:02+01:00"],
+    ["--since", "2026-11-24T22:02Z", "--until", "2026-11-24T23:01+01:00"],
 ])
 def test_a_report_period_that_is_empty_is_refused_truthfully(history_db, period):
     message = _one_line(run_cli("report", "--db", history_db, *period))
-    assert message == "pfhistory: --until must be after --since: the period would be empty"
+    assert message == "pfhistory: --until is before --since: the period would be empty"
+
+
+@pytest.mark.parametrize("period", [
+    ["--since", "0m"],
+    ["--since", "1h", "--until", "1h"],
+    ["--since", "2026-11-24T22:02Z", "--until", "2026-11-24T23:02+01:00"],
+])
+def test_a_report_of_one_instant_is_the_table_then(history_db, period):
+    """Both ends counted from one now: --since 0m is now, not a moment after it."""
+    result = run_cli("report", "--db", history_db, *period)
+    assert result.returncode == 0, result.stderr
 
 
 def test_db_current_refuses_another_applications_database(tmp_path, history_db):
