@@ -128,9 +128,12 @@ def test_a_failed_write_leaves_the_file_as_it_was_and_a_complete_one_replaces_it
 def test_an_interrupted_run_leaves_the_file_as_it_was(tmp_path, signum, status):
     """Ctrl-C, or a kill: no partial capture under the name, and no temporary file."""
     path = _earlier(tmp_path)
+    # Ctrl-C as at a terminal: a pytest-xdist worker ignores SIGINT, and a child
+    # inherits an ignored signal (Python then never raises KeyboardInterrupt).
     proc = subprocess.Popen([sys.executable, "-m", "pfhistory", "simulate", "--pfsync", path,
                              "--states", "5000", "--duration", "1h"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
         while (os.listdir(tmp_path) == ["fw.pcap"] and path.stat().st_size == len(EARLIER)
