@@ -53,6 +53,17 @@ def small_series(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def small_history(small_series, tmp_path_factory):
+    """small_series (22:00Z to 22:04Z, one a minute) recorded by the CLI into
+    SQLite, for tests that only read it."""
+    db = tmp_path_factory.mktemp("small-history") / "history.db"
+    files = [path for _t, path in small_series.snapshots]
+    result = run_cli("collect", "--db", db, "--from-file", *files)
+    assert result.returncode == 0, result.stderr
+    return db
+
+
+@pytest.fixture(scope="session")
 def big_snapshot(tmp_path_factory):
     """One snapshot of a 12,000-state firewall with ground truth."""
     return simulated(tmp_path_factory.mktemp("big-snapshot"), 12000, 0.0, seed=5,

@@ -15,12 +15,9 @@ from conftest import run_cli
 
 
 @pytest.fixture(scope="module")
-def afto(small_series, tmp_path_factory):
+def afto(small_series, small_history):
     """(history path, the truth rows of its af-to states)."""
-    db = tmp_path_factory.mktemp("afto") / "history.db"
-    files = [p for _t, p in small_series.snapshots]
-    result = run_cli("collect", "--db", db, "--from-file", *files)
-    assert result.returncode == 0, result.stderr
+    db = small_history
     with open(small_series.truth_path) as f:
         rows = [json.loads(line) for line in f]
     states = [r for r in rows if "id" in r and r["snapshots"] and r["af"] != r["stack_af"]]

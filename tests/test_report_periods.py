@@ -10,13 +10,9 @@ from conftest import run_cli
 MEASURES = ("new states", "ended states", "bytes moved", "packets moved")
 
 
-@pytest.fixture(scope="module")
-def history(small_series, tmp_path_factory):
-    db = tmp_path_factory.mktemp("periods") / "history.db"
-    files = [p for _t, p in small_series.snapshots]
-    result = run_cli("collect", "--db", db, "--from-file", *files)
-    assert result.returncode == 0, result.stderr
-    return db
+@pytest.fixture
+def history(small_history):
+    return small_history
 
 
 def _overview(db, since, until):

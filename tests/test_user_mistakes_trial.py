@@ -20,14 +20,9 @@ from pfhistory.statefile import RECORD_SIZE
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-@pytest.fixture(scope="module")
-def history_db(small_series, tmp_path_factory):
-    """The small series (22:00Z to 22:04Z, one a minute) recorded by the CLI."""
-    db = tmp_path_factory.mktemp("trial") / "history.db"
-    files = [path for _t, path in small_series.snapshots]
-    result = run_cli("collect", "--db", db, "--from-file", *files)
-    assert result.returncode == 0, result.stderr
-    return db
+@pytest.fixture
+def history_db(small_history):
+    return small_history
 
 
 @pytest.fixture(scope="module")
