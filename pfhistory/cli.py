@@ -603,10 +603,31 @@ def _cmd_prune(args):
         require_current_schema(engine, url)
         states, addresses = retention.prune(engine, before)
         if args.verbose:
-            print(f"pruned {states} states and {addresses} addresses")
+            print(f"pruned {states} states and {addresses} addresses"
+                  f"{_why_kept(engine, before, states)}")
     finally:
         engine.dispose()
     return 0
+
+
+def _why_kept(engine, before, pruned):
+    """What prune -v adds when states that ended before --before were left, or
+    none had: the rollups they wait for, or when the oldest end was."""
+    from pfhistory import retention
+    from pfhistory.timespec import format_epoch
+
+    waiting, oldest = retention.kept_back(engine, before)
+    given = format_epoch(before)
+    if waiting:
+        return (f"; {waiting} states that ended by {given} are kept until their hour, "
+                f"once complete, is in the rollups (the next collect, or pfhistory rollup)")
+    if pruned:
+        return ""
+    if oldest is None:
+        return "; no state has ended yet"
+    if oldest > before:
+        return f"; no state ended by {given}: the oldest end recorded is {format_epoch(oldest)}"
+    return ""
 
 
 def _fail(args, message):
@@ -747,6 +768,8 @@ def _cmd_show(args):
     if filters["since"] and filters["until"] and filters["until"] < filters["since"]:
         raise PFError("--until is before --since")
     with History(args.db) as history:
+        if filters["at"] is not None:
+            _explain_at(history, args.at, filters["at"])
         states = history.states(**filters)
         if args.format == "json":
             output.write_json(states, sys.stdout)
@@ -756,6 +779,31 @@ def _cmd_show(args):
             output.write_text(states, sys.stdout, verbose=min(args.verbose, 2))
     sys.stdout.flush()
     return 0
+
+
+# A table older than --at by more than this is named on standard error: the
+# collector stopped, or a long gap in the history, and pfctl's text alone
+# would pass that table off as the one asked for.
+_AT_GAP_S = 300
+
+
+def _explain_at(history, given, at):
+    """Refuse --at before the history, and name the collection shown when it
+    is well before --at (text output must stay pfctl's own)."""
+    from pfhistory.timespec import format_duration, format_time
+
+    found = history.collection_at(at)
+    if found is None:
+        times = history.collections()
+        if not times:
+            raise PFError("the history holds no collections yet")
+        raise PFError(f"--at {given}: before the history, which starts at "
+                      f"{format_time(times[0][1])}")
+    gap = (at - found[1]).total_seconds()
+    if gap > _AT_GAP_S:
+        print(f"{PROG}: --at {given}: no collection in the {format_duration(int(gap))} "
+              f"before it; the table shown is that of {format_time(found[1])}",
+              file=sys.stderr)
 
 
 def _add_report(sub):

@@ -511,6 +511,19 @@ def expire_samples(conn, before_collection_id, limit, peers=False):
         (before_collection_id,)).rowcount
 
 
+def prune_kept_back(conn, before_at, rolled_up_to):
+    """Why prune left states: (how many ended at or before before_at but after
+    collection rolled_up_to, so their hour still needs them; when the oldest
+    recorded end was, or None if no state has ended)."""
+    waiting = conn.exec_driver_sql(
+        f"SELECT count(*) FROM states WHERE ended_before_at IS NOT NULL "
+        f"AND ended_before_at <= {_ph(conn)} AND ended_before > {int(rolled_up_to)}",
+        (before_at,)).scalar()
+    oldest = conn.exec_driver_sql(
+        "SELECT min(ended_before_at) FROM states WHERE ended_before_at IS NOT NULL").scalar()
+    return waiting, oldest
+
+
 def prune_states_batch(conn, before_at, limit, rolled_up_to=None):
     """Delete up to limit states that ended before before_at, with their keys,
     peers and samples of values and of peers; only those that ended by collection

@@ -10,7 +10,7 @@ import time
 from pfhistory import queries
 from pfhistory.db import write_transaction
 
-__all__ = ["prune"]
+__all__ = ["prune", "kept_back"]
 
 _FIRST_BATCH = 2000
 _TARGET_S = 0.5
@@ -60,3 +60,11 @@ def _freelist(conn):
     if conn.dialect.name != "sqlite":
         return 0
     return conn.exec_driver_sql("PRAGMA freelist_count").scalar()
+
+
+def kept_back(engine, before_at):
+    """(states that ended by before_at but wait for their hour's rollups, the
+    oldest recorded end or None): what prune -v says when it left states."""
+    with engine.connect() as conn:
+        frontier = queries.rollup_frontier(conn)
+        return queries.prune_kept_back(conn, before_at, frontier[1] if frontier else 0)

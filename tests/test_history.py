@@ -176,6 +176,32 @@ def test_at_between_collections_uses_the_one_before(series, history):
     assert list(history.states(at=result.snapshots[0][0] - timedelta(seconds=1))) == []
 
 
+def test_show_at_outside_the_history_says_so(series, tmp_path):
+    """--at before the first collection is refused with where the history starts;
+    --at long after the last collection shows that table, named on stderr, while
+    standard output stays pfctl's text of it."""
+    result, db = series
+    first, last = result.snapshots[0][0], result.snapshots[-1]
+    before = run_cli("show", "--db", db, "--at", (first - timedelta(seconds=1)).isoformat())
+    assert "before the history, which starts at " in _one_sentence(before)
+    assert before.stderr.rstrip().endswith(first.astimezone().isoformat())
+    assert before.stdout == ""
+
+    late = run_cli("show", "--db", db, "--at", (last[0] + timedelta(hours=2)).isoformat())
+    assert late.returncode == 0, late.stderr
+    assert late.stderr == (f"pfhistory: --at {(last[0] + timedelta(hours=2)).isoformat()}: "
+                           f"no collection in the 2h00m before it; the table shown is that "
+                           f"of {last[0].astimezone().isoformat()}\n")
+    assert late.stdout == run_cli("show", "--db", db, "--at", last[0].isoformat()).stdout != ""
+    # Within the five minutes a collection may be late, nothing is said.
+    near = run_cli("show", "--db", db, "--at", (last[0] + timedelta(seconds=299)).isoformat())
+    assert near.returncode == 0 and near.stderr == "" and near.stdout == late.stdout
+
+    empty = tmp_path / "empty.db"
+    assert run_cli("db", "upgrade", "--db", empty).returncode == 0
+    assert "no collections yet" in _one_sentence(run_cli("show", "--db", empty, "--at", "1h"))
+
+
 def test_rebuilt_attributes_equal_the_decoded_ones(series, history):
     result, _db = series
     when, path = result.snapshots[3]

@@ -3,7 +3,7 @@
 import os
 import shutil
 import sqlite3
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -88,6 +88,14 @@ def test_prune_deletes_ended_states_and_keeps_the_rest(recorded):
     assert run_cli("show", "--db", db, "--limit", "1").returncode == 0
     again = run_cli("prune", "--db", db, "--before", series.snapshots[5][0].isoformat(), "-v")
     assert "pruned 0 states" in again.stdout
+    # -v says why nothing went: the oldest end left is after --before.
+    con = sqlite3.connect(db)
+    oldest = _count(con, "SELECT min(ended_before_at) FROM states")
+    con.close()
+    assert oldest > cutoff
+    assert "no state ended by" in again.stdout
+    assert again.stdout.rstrip().endswith(
+        datetime.fromtimestamp(oldest, timezone.utc).astimezone().isoformat())
 
 
 def test_prune_hands_space_back_without_a_full_vacuum(recorded):
@@ -122,6 +130,9 @@ def test_prune_keeps_what_the_open_hour_needs(tmp_path):
     assert ended > 0
     result = run_cli("prune", "--db", db, "--before", "2099-01-01T00:00Z", "-v")
     assert result.returncode == 0 and "pruned 0 states" in result.stdout, result.stderr
+    # -v says which states were kept, and what they wait for.
+    assert f"; {ended} states that ended by " in result.stdout
+    assert "in the rollups" in result.stdout
     when, last = series.snapshots[-1]
     assert run_cli("collect", "--db", db, "--from-file", last,
                    "--at", (when + timedelta(hours=1)).isoformat()).returncode == 0
