@@ -14,8 +14,8 @@ from typing import NamedTuple
 from pfhistory import outfile
 from pfhistory.exceptions import PFError
 
-__all__ = ["CaptureError", "Frame", "read_frames", "PcapWriter", "KIND_IP", "KIND_PFSYNC",
-           "KIND_OTHER", "KIND_TRUNCATED"]
+__all__ = ["CaptureError", "Frame", "read_frames", "is_capture", "PcapWriter", "KIND_IP",
+           "KIND_PFSYNC", "KIND_OTHER", "KIND_TRUNCATED"]
 
 
 class CaptureError(PFError):
@@ -40,6 +40,12 @@ _PCAP_MAGIC = {  # magic as read little-endian -> (byte order, fraction per seco
 }
 _PCAPNG_SHB = 0x0A0D0D0A
 _PCAPNG_BOM = 0x1A2B3C4D
+
+
+def is_capture(head):
+    """True if a file's first four bytes begin a pcap or pcapng capture."""
+    magic = int.from_bytes(head, "little") if len(head) == 4 else None
+    return magic in _PCAP_MAGIC or magic == _PCAPNG_SHB
 
 # Link types (LINKTYPE_*), plus the DLT_* numbers OpenBSD's libpcap writes as they are.
 _ETHERNET = 1

@@ -46,14 +46,13 @@ def _size_error(path, size):
 def _capture_error(path, fd):
     """The sentence for a pcap or pcapng capture given as a state file (the
     pfsync traffic of the same firewall, recorded another way), else None."""
-    from pfhistory.capture import _PCAP_MAGIC, _PCAPNG_SHB
+    from pfhistory.capture import is_capture
 
     try:
         head = os.pread(fd, 4, 0)
     except OSError:
         return None
-    magic = int.from_bytes(head, "little") if len(head) == 4 else None
-    if magic not in _PCAP_MAGIC and magic != _PCAPNG_SHB:
+    if not is_capture(head):
         return None
     return StateFileError(f"{path}: is a pcap capture, not a pfctl -S state file; "
                           f"record a capture of pfsync traffic with "
