@@ -682,7 +682,7 @@ def _cmd_summary(args):
                         ("top remote hosts by bytes", s["top_remote"])):
         print(f"{title}:")
         for host, nbytes, nstates in rows:
-            print(f"  {host:<40} {nbytes:>16,} bytes  {nstates:>7,} new states")
+            print(f"  {host:<40} {nbytes:>16,} bytes  {nstates:>7,} states")
     return 0
 
 

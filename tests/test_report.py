@@ -595,8 +595,12 @@ def test_summary_names_the_same_top_talkers(recorded):
     for kind in ("local", "remote"):
         want = sorted(hosts[kind].items(), key=lambda kv: (-(kv[1][0] + kv[1][1]), kv[0]))[:3]
         block = out.stdout.split(f"top {kind} hosts by bytes:\n")[1].splitlines()[:3]
-        got = [(line.split()[0], int(line.split()[1].replace(",", ""))) for line in block]
-        assert got == [(h, v[0] + v[1]) for h, v in want]
+        got = [(line.split()[0], int(line.split()[1].replace(",", "")),
+                int(line.split()[3].replace(",", ""))) for line in block]
+        assert [line.split()[4] for line in block] == ["states"] * 3
+        # Bytes moved since the history began, and every state of the host (the
+        # first snapshot's too: each state counts in the hour it was first seen).
+        assert got == [(h, v[0] + v[1], v[2]) for h, v in want]
 
 
 PFSYNC_ID = 0x5EED0001
