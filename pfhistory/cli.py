@@ -692,7 +692,9 @@ def _add_show(sub):
         help="past connections from the history, as pfctl -ss or as JSON/CSV",
         description="States from the history, filtered. Text is pfctl's, with the history "
                     "times on a further line; json (one object per line) and csv carry every "
-                    "field by its py-pf name plus the history fields. Times are ISO 8601 "
+                    "field by its py-pf name, the ends as the connections view names them "
+                    "(local_addr, nat_addr, remote_addr and their ports, translated, "
+                    "bytes_out, bytes_in) and the history fields. Times are ISO 8601 "
                     "(local time unless an offset is given) or durations back from now "
                     "(90m, 2h, 3d).",
         epilog="Examples:\n"

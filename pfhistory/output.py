@@ -1,6 +1,7 @@
 """States written for people and programs: pfctl text, JSON lines, CSV.
 
-Every field goes by its py-pf name; history fields follow. Output is written
+Every field goes by its py-pf name; the ends as the connections view names
+them (local, nat, remote, bytes out and in) and the history fields follow. Output is written
 state by state, so a million-state answer starts at once and stays small.
 """
 
@@ -8,6 +9,7 @@ import csv
 import json
 
 from pfhistory.pf import PFStatePeer
+from pfhistory.pfvar import PF_OUT
 from pfhistory.pfctl_text import format_state
 from pfhistory.timespec import format_time
 
@@ -38,6 +40,33 @@ def _history(state):
     }
 
 
+def _endpoints(state):
+    """The ends of a state as the connections view names them (migrations 0002
+    and 0011), so an export says who, through which NAT, to whom, without
+    reading keys: local is pfctl's left-hand side (the firewall's side of the
+    state's interface), nat its address on the wire, remote the other end; an
+    af-to state's stack key is of the other family with its sides swapped, and
+    its initiator (the wire key's [0]) is local. bytes_out is what local sent."""
+    wk, sk = state.wire_key, state.stack_key    # as exported, as the view reads them
+    if wk.af != sk.af:
+        ends = ((wk, 0), (sk, 1), (sk, 0))
+        out = 0
+    else:
+        ends = ((sk, 1), (wk, 1), (wk, 0))
+        out = 0 if state.direction == PF_OUT else 1
+    d = {}
+    for name, (key, i) in zip(("local", "nat", "remote"), ends):
+        d[f"{name}_addr"] = str(key.addr[i])
+        d[f"{name}_port"] = int(key.port[i])
+    d["translated"] = _key_tuple(wk) != _key_tuple(sk)
+    d["bytes_out"], d["bytes_in"] = state.bytes[out], state.bytes[1 - out]
+    return d
+
+
+def _key_tuple(key):
+    return (key.af, key.rdomain, *map(str, key.addr), *map(int, key.port))
+
+
 def state_fields(state):
     """A state as a JSON-ready dict: py-pf names, nested like py-pf's objects."""
     d = {name: getattr(state, name) for name in _SCALARS}
@@ -55,6 +84,7 @@ def state_fields(state):
         key = getattr(state, name)
         d[name] = {"addr": [str(a) for a in key.addr], "port": [int(p) for p in key.port],
                    "rdomain": key.rdomain, "af": key.af}
+    d.update(_endpoints(state))
     d.update(_history(state))
     return d
 

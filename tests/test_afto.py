@@ -6,6 +6,8 @@ swapped: [1] is the initiator's new source, [0] the responder. Checked here
 against the simulator's truth on a recorded history of the small series.
 """
 
+import csv
+import io
 import json
 import sqlite3
 
@@ -98,3 +100,32 @@ def test_the_report_and_rollups_count_the_initiator_and_its_nat_address(afto):
               row[3].split(":")[0] if "[" not in row[3] else row[3].split("[")[0])
              for row in tables["longest"]["rows"]}
     assert ends & shown
+
+
+def test_show_exports_carry_the_views_ends_for_every_state(afto):
+    """show's JSON and CSV name each state's ends as the connections view does,
+    af-to or not, translated or not, in or out."""
+    db, states = afto
+    names = ("local_addr", "local_port", "nat_addr", "nat_port", "remote_addr",
+             "remote_port", "translated", "bytes_out", "bytes_in")
+    con = sqlite3.connect(db)
+    view = {(r[0], r[1]): r[2:] for r in con.execute(
+        f"SELECT creatorid, id, {', '.join(names)} FROM connections")}
+    con.close()
+    got = run_cli("show", "--db", db, "--format", "json")
+    assert got.returncode == 0, got.stderr
+    rows = [json.loads(line) for line in got.stdout.splitlines()]
+    assert len(rows) == len(view)
+    for r in rows:
+        want = view[(r["creatorid"], r["id"])]
+        assert tuple(r[n] for n in names[:6]) == want[:6], r["id"]
+        assert (int(r["translated"]), r["bytes_out"], r["bytes_in"]) == want[6:], r["id"]
+    kinds = {(r["direction"], r["nk"]["af"] != r["sk"]["af"], r["translated"]) for r in rows}
+    assert {(1, True, True), (1, False, False), (2, False, True), (2, False, False)} <= kinds
+    afto_ids = {f"{t['id']:016x}" for t in states}
+    assert afto_ids <= {r["id"] for r in rows if r["nk"]["af"] != r["sk"]["af"]}
+    table = list(csv.DictReader(io.StringIO(
+        run_cli("show", "--db", db, "--format", "csv").stdout)))
+    assert [(t["local_addr"], t["nat_addr"], t["remote_addr"], t["bytes_out"]) for t in table] \
+        == [(r["local_addr"], r["nat_addr"], r["remote_addr"], str(r["bytes_out"]))
+            for r in rows]
