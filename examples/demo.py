@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+DURATION = "61m"
+
 
 def run(*args, show=True, env=None):
     """Print a pfhistory command line, run it, and return its stdout."""
@@ -41,8 +43,10 @@ def main():
         elif old.exists():
             old.unlink()
 
+    # 22:00 to 23:01: the snapshot a minute past the hour completes the hour
+    # 22:00-23:00, which recording it adds to the rollups (docs/forensics.md Q16).
     files = run("simulate", "--out", snapshots, "--states", args.states,
-                "--interval", "1m", "--duration", "1h", "--seed", "7",
+                "--interval", "1m", "--duration", DURATION, "--seed", "7",
                 # cron missed three runs: the report shows the blind spot
                 "--missing", "31,32,33").split()
     print(f"{len(files)} snapshots, one a minute (three missed), in {snapshots}/\n")
@@ -59,7 +63,7 @@ def main():
     print("\nThe same firewall's pfsync traffic: every insert, update and removal, so also "
           "the states that lived between two snapshots.")
     print(run("simulate", "--pfsync", pcap, "--states", args.states, "--interval", "1m",
-              "--duration", "1h", "--seed", "7"), end="")
+              "--duration", DURATION, "--seed", "7"), end="")
     print(run("collect", "--db", sync_db, "--from-pcap", pcap, "--batch-ms", 1000, "-v"), end="")
     print(run("summary", "--db", sync_db), end="")
     print("\n(`pfhistory listen --iface em1` records the same from the network, as root.)")
