@@ -47,6 +47,7 @@ def is_capture(head):
     magic = int.from_bytes(head, "little") if len(head) == 4 else None
     return magic in _PCAP_MAGIC or magic == _PCAPNG_SHB
 
+
 # Link types (LINKTYPE_*), plus the DLT_* numbers OpenBSD's libpcap writes as they are.
 _ETHERNET = 1
 _NULL = 0               # 4-byte address family, host order of the capturing machine

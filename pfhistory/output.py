@@ -1,8 +1,9 @@
 """States written for people and programs: pfctl text, JSON lines, CSV.
 
 Every field goes by its py-pf name; the ends as the connections view names
-them (local, nat, remote, bytes out and in) and the history fields follow. Output is written
-state by state, so a million-state answer starts at once and stays small.
+them (local, nat, remote, bytes out and in) and the history fields follow.
+Output is written state by state, so a million-state answer starts at once
+and stays small.
 """
 
 import csv
