@@ -493,7 +493,8 @@ def record_snapshot(engine, snapshot, host=None, sample_retention=DEFAULT_SAMPLE
             raise OlderSnapshotError(
                 f"{snapshot.origin}: taken at {_iso(snapshot.collected_at)}, before the newest "
                 f"collection ({_iso(newest[1])}); the history only moves forward, so "
-                f"older snapshots are refused")
+                f"older snapshots are refused (record them into a history of their own "
+                f"with --db)")
         # A state this snapshot lacks was last seen by the snapshot before it, or by the
         # pfsync batch that first reported it if that came later (close_states).
         prev = newest

@@ -435,7 +435,8 @@ def check_not_older(engine, first_at, origin):
 
         raise PFError(f"{origin}: its first packet ({iso(first_at)}) is older than the newest "
                       f"collection ({iso(newest[1])}); the history only moves forward, so "
-                      f"older captures are refused")
+                      f"older captures are refused (record it into a history of its own "
+                      f"with --db)")
 
 
 def _flush_and_roll_up(recorder, rollups=True):

@@ -271,8 +271,11 @@ def test_an_older_snapshot_is_refused(tmp_path):
     result = run_cli("collect", "--db", db, "--from-file", s0)
     assert result.returncode == 1
     assert "before the newest collection" in result.stderr
+    assert result.stderr.rstrip().endswith("(record them into a history of their own with --db)")
     assert len(result.stderr.splitlines()) == 1
     assert _db(db).execute("SELECT count(*) FROM collections").fetchone()[0] == 1
+    # As the message says: a history of its own takes it.
+    assert run_cli("collect", "--db", tmp_path / "own.db", "--from-file", s0).returncode == 0
 
 
 def test_at_dates_a_snapshot(tmp_path):

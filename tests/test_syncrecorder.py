@@ -237,6 +237,7 @@ def test_simulated_pcap_gives_the_ground_truth(tmp_path):
     # Recording it again is refused: the history only moves forward.
     again = run_cli("collect", "--db", tmp_path / "h.db", "--from-pcap", pcap)
     assert again.returncode == 1 and "older captures are refused" in again.stderr
+    assert again.stderr.rstrip().endswith("(record it into a history of its own with --db)")
     # pfhistory show reads it like any history.
     shown = run_cli("show", "--db", tmp_path / "h.db", "--closed", "--limit", 3, "-v")
     assert shown.returncode == 0 and shown.stdout.count("history:") == 3
