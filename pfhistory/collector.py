@@ -30,7 +30,7 @@ from pfhistory.pfvar import OPENBSD_AF_INET
 from pfhistory.statefile import TWO_RECORDS_OF_ONE_STATE
 
 __all__ = ["CollectionResult", "Snapshot", "record_snapshot", "DEFAULT_SAMPLE_RETENTION",
-           "FUTURE_SLACK_S", "refuse_future",
+           "FUTURE_SLACK_S", "SNAPSHOT_BEHIND_PFSYNC_S", "refuse_future",
            "expire_samples"]
 
 DEFAULT_SAMPLE_RETENTION = 24 * 3600
@@ -56,6 +56,11 @@ _EXPIRE_BATCH = 20000
 # How far a snapshot's (or a capture's) time may run ahead of this machine's clock:
 # clocks of a firewall and of the host reading its files differ a little.
 FUTURE_SLACK_S = 300
+# How far a snapshot may be older than the newest pfsync batch: cron's collector
+# reads the table, then waits for the write lock and records it while the listener
+# goes on recording batches (seconds; --wait bounds the lock). A snapshot older
+# than this is not that race but an older table, as an older snapshot is.
+SNAPSHOT_BEHIND_PFSYNC_S = 300
 
 
 def refuse_future(origin, at, dated):
@@ -495,6 +500,13 @@ def record_snapshot(engine, snapshot, host=None, sample_retention=DEFAULT_SAMPLE
                 f"collection ({_iso(newest[1])}); the history only moves forward, so "
                 f"older snapshots are refused (record them into a history of their own "
                 f"with --db)")
+        batch = queries.latest_collection(conn, kind=1)
+        if batch is not None and snapshot.collected_at < batch[1] - SNAPSHOT_BEHIND_PFSYNC_S:
+            raise OlderSnapshotError(
+                f"{snapshot.origin}: taken at {_iso(snapshot.collected_at)}, more than "
+                f"{SNAPSHOT_BEHIND_PFSYNC_S // 60} minutes before the newest pfsync batch "
+                f"({_iso(batch[1])}); the history only moves forward, so older snapshots "
+                f"are refused (record them into a history of their own with --db)")
         # A state this snapshot lacks was last seen by the snapshot before it, or by the
         # pfsync batch that first reported it if that came later (close_states).
         prev = newest

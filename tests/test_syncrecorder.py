@@ -319,6 +319,34 @@ def test_pfsync_and_snapshots_reconcile(history, tmp_path):
         [0, 1, 1, 0, 0, 1]
 
 
+def test_a_snapshot_far_behind_pfsync_is_refused_a_racing_one_is_not(history, tmp_path):
+    """A snapshot read a little before a pfsync batch and recorded after it is the
+    race cron and the listener run; one older than the newest batch by more than
+    SNAPSHOT_BEHIND_PFSYNC_S is an older table (files collected after a capture),
+    refused whole: with it, the table of any time before would be the last one."""
+    engine, path = history
+    snapshot(engine, tmp_path, T0, [rec(1), rec(2)])
+    late = T0 + 3600
+    feed(engine, (late, dgram((pfsync.ACT_INS, rec(3, creation=0)))))
+    before = rows(path, "SELECT count(*) FROM collections")
+    behind = late - collector.SNAPSHOT_BEHIND_PFSYNC_S - 1
+    with pytest.raises(collector.OlderSnapshotError, match="before the newest pfsync batch"):
+        snapshot(engine, tmp_path, behind, [rec(1), rec(2)])
+    assert rows(path, "SELECT count(*) FROM collections") == before
+    assert states(path)[1]["ended_before"] is None
+    # The CLI says it in one line, with the way out.
+    old = tmp_path / "old.pfstate"
+    write_state_file(old, [rec(1), rec(2)], mtime=behind)
+    result = run_cli("collect", "--db", path, "--from-file", old)
+    assert result.returncode == 1 and len(result.stderr.splitlines()) == 1
+    assert "more than 5 minutes before the newest pfsync batch" in result.stderr
+    assert result.stderr.rstrip().endswith("(record them into a history of their own with --db)")
+    assert rows(path, "SELECT count(*) FROM collections") == before
+    racing = snapshot(engine, tmp_path, late - collector.SNAPSHOT_BEHIND_PFSYNC_S,
+                      [rec(1), rec(3)])
+    assert racing.closed == 1 and states(path)[3]["ended_before"] is None
+
+
 def test_a_collection_window_narrows_to_pfsyncs_instant(history, tmp_path):
     engine, path = history
     snapshot(engine, tmp_path, T0, [rec(1), rec(2)])
