@@ -142,7 +142,11 @@ class _Recorder:
         self.addr_ids = {}                    # (af, bin) -> id, for this run
         # Read now, before any apply: _plan lays out statements beside one.
         self.parameter_limit = queries.parameter_limit(conn)
-        self.open = _OpenStates(queries.open_states(conn))
+        rows = queries.open_states(conn)
+        self.open_before = len(rows)
+        self.open = _OpenStates(rows)
+        del rows
+        self.matched = 0                      # records that were open states
         self.any_closed = queries.any_closed_state(conn)
         self.ended_by_pfsync = 0
         self.states = self.inserted = self.updated = self.reopened = 0
@@ -183,6 +187,7 @@ class _Recorder:
             seen = list(map(is_not, recs, repeat(None)))
             unknown = list(compress(range(n), map(not_, seen)))
             known = list(compress(range(n), seen))
+            self.matched += len(known)
             old = list(compress(recs, seen))
             del recs
             diff = list(map(ne, map(_VALUES, old),
@@ -540,6 +545,17 @@ def record_snapshot(engine, snapshot, host=None, sample_retention=DEFAULT_SAMPLE
                 f"{snapshot.origin}: taken at {_iso(snapshot.collected_at)}, the time of the "
                 f"newest collection, but the table differs from the one recorded then; "
                 f"the history only moves forward, so it is refused")
+        if recorder.open_before and not recorder.matched and summary["reopened"]:
+            # A firewall's next table keeps some of its states (or, after a reboot or
+            # pfctl -F states, has only new ones); it does not bring back states that
+            # ended while dropping every open one. Another firewall's table does, when
+            # two record into one history: each would close the other's states.
+            raise PFError(
+                f"{snapshot.origin}: none of the {recorder.open_before} states open in "
+                f"the history is in this snapshot (creatorid "
+                f"{summary['creatorid']:08x}), yet {summary['reopened']} that had ended "
+                f"are: the tables of two firewalls recorded into one history? Each "
+                f"firewall needs a history of its own (--db); nothing recorded")
         expire_samples(conn, snapshot.collected_at - sample_retention)
         summary["duration_ms"] = int((time.monotonic() - started) * 1000)
         queries.finish_collection(conn, collection_id, summary)

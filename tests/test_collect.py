@@ -569,3 +569,52 @@ def test_an_sqlite_allowing_999_parameters_records_the_same_history(small_series
     log = "SELECT id, collected_at, states, inserted, updated, reopened, closed, packets, " \
           "bytes, samples FROM collections ORDER BY id"
     assert [tuple(r) for r in mine.execute(log)] == [tuple(r) for r in theirs.execute(log)]
+
+
+def test_two_firewalls_into_one_history_are_stopped_at_the_first_flip_back(tmp_path):
+    """Firewall B's table recorded after A's closes all of A's states (as a reboot
+    would: nothing tells them apart yet); A's next table then brings back states that
+    had ended while none of B's open ones is in it, which no firewall's own next table
+    does. That collection is refused whole, and the administrator told why."""
+    from datetime import timedelta
+
+    from conftest import START
+    from pfhistory.simulate import SimulationConfig, simulate
+
+    def firewall(name, seed, creatorid, offset):
+        cfg = SimulationConfig(states=300, interval=60.0, duration=120.0, seed=seed,
+                               start=START + timedelta(seconds=offset), creatorid=creatorid)
+        return [p for _t, p in simulate(cfg, tmp_path / name, truth=False).snapshots]
+
+    a = firewall("a", 1, 0x0A0A0A0A, 0)
+    b = firewall("b", 2, 0x0B0B0B0B, 30)
+    db = tmp_path / "h.db"
+    result = run_cli("collect", "--db", db, "--from-file", a[0], b[0], a[1], b[1])
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"pfhistory: {a[1]}: none of the {_open_states(b[0])} states open in the history is "
+        f"in this snapshot (creatorid 0a0a0a0a), yet {_open_states(a[0]) - _gone(a)} that "
+        f"had ended are: the tables of two firewalls recorded into one history? Each "
+        f"firewall needs a history of its own (--db); nothing recorded\n")
+    con = _db(db)
+    assert [tuple(r) for r in con.execute("SELECT states, inserted, closed, reopened "
+                                          "FROM collections ORDER BY id")] == [
+        (_open_states(a[0]), _open_states(a[0]), 0, 0),
+        (_open_states(b[0]), _open_states(b[0]), _open_states(a[0]), 0)]
+    con.close()
+    # Each firewall into its own history: no complaint, the same tables.
+    for name, files in (("a", a), ("b", b)):
+        own = run_cli("collect", "--db", tmp_path / f"{name}.db", "--from-file", *files)
+        assert own.returncode == 0, own.stderr
+    # One firewall's own tables never trip it, its reboot (all states new) neither.
+    assert run_cli("collect", "--db", tmp_path / "a.db", "--from-file", b[2]).returncode == 0
+
+
+def _open_states(path):
+    return len(pf.parse_states(path.read_bytes()))
+
+
+def _gone(files):
+    """States of the first table that are not in the second (they ended)."""
+    first = {s.id for s in pf.parse_states(files[0].read_bytes())}
+    return len(first - {s.id for s in pf.parse_states(files[1].read_bytes())})
