@@ -13,6 +13,7 @@ they begin, which serializes them as BEGIN IMMEDIATE does on SQLite.
 """
 
 import os
+import re
 import shlex
 import sqlite3
 from importlib import resources
@@ -65,19 +66,47 @@ def resolve_url(db=None):
     if not text:
         raise DatabaseError(f"{origin} is empty: give a file or a database URL")
     if "://" not in text:
+        if _URL_LIKE.match(text):
+            # postgresql:/db, postgres:db, postgresql//host/db: a URL mistyped, which
+            # would otherwise make a SQLite file of that name (from cron, in $HOME).
+            as_file = "" if "@" in text else f" (or ./{text} for a SQLite file of that name)"
+            raise DatabaseError(
+                f"{origin} {_without_password(text)!r} looks like a database URL but is "
+                f"not one: write scheme://..., as in postgresql://user@host/database"
+                f"{as_file}")
         return make_url("sqlite://").set(database=os.path.abspath(text))
     try:
         url = make_url(text)
     except (ArgumentError, ValueError):  # ValueError: a port that is no number
-        scheme, _, rest = text.partition("://")
-        if "@" in rest:     # never print a password: all before the last @ goes
-            rest = "***@" + rest.rpartition("@")[2]
-        shown = f"{scheme}://{rest}"
-        raise DatabaseError(f"{origin} {shown!r} is not a database URL or path") from None
+        raise DatabaseError(f"{origin} {_without_password(text)!r} is not a database URL "
+                            f"or path") from None
+    if url.get_backend_name() == "postgres":
+        # The scheme of libpq's and many hosting services' URLs; SQLAlchemy names
+        # the dialect postgresql.
+        url = url.set(drivername="postgresql" + url.drivername[len("postgres"):])
     if _is_sqlite(url) and _sqlite_file(url) is None:
         raise DatabaseError(f"{origin} {text!r} is an in-memory database, which keeps "
                             f"nothing: give a file")
     return url
+
+
+# Text that starts like a database URL (a backend's name, then ":", ";" or "/")
+# but has no "://".
+_URL_LIKE = re.compile(r"(?i)(postgres(ql)?|sqlite|mysql|mariadb|oracle|mssql)(\+[\w.]+)?[:;/]")
+
+
+def _without_password(text):
+    """text to print: what lies between the scheme and the last @ (user and
+    password) hidden."""
+    if "://" in text:
+        scheme, sep, rest = text.partition("://")
+    else:
+        like = _URL_LIKE.match(text)
+        cut = like.end() if like else 0
+        scheme, sep, rest = text[:cut], "", text[cut:]
+    if "@" in rest:
+        rest = "***@" + rest.rpartition("@")[2]
+    return f"{scheme}{sep}{rest}"
 
 
 def _is_sqlite(url):
@@ -236,8 +265,12 @@ def open_engine(url, create=False, readonly=False, wait=BUSY_TIMEOUT_S):
     try:
         engine = create_engine(_with_driver(url), pool_pre_ping=True)
     except (NoSuchModuleError, ImportError) as e:
-        hint = ("; pip install 'pfhistory[postgresql]' installs psycopg"
-                if url.get_backend_name() == "postgresql" else "")
+        hint = ""
+        if url.get_backend_name() == "postgresql":
+            hint = ("; pip install 'pfhistory[postgresql]' installs psycopg"
+                     if url.drivername in ("postgresql", "postgresql+psycopg") else
+                     f"; pip install 'pfhistory[postgresql]' installs psycopg (3), "
+                     f"which postgresql:// uses, not {url.get_driver_name()}")
         raise DatabaseError(f"no driver for {url.get_backend_name()!r} databases "
                             f"is installed ({e}){hint}") from None
     if engine.dialect.name == "postgresql":

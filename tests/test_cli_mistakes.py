@@ -108,7 +108,13 @@ def test_a_fifo_as_the_database_is_refused_and_nothing_is_made_beside_it(tmp_pat
 @pytest.mark.parametrize("db, said", [("", "--db is empty"),
                                       ("sqlite://", "in-memory database"),
                                       ("sqlite:///:memory:", "in-memory database"),
-                                      ("postgresql://u:secret@h:notaport/x", "not a database URL")])
+                                      ("postgresql://u:secret@h:notaport/x", "not a database URL"),
+                                      # URLs mistyped: never a SQLite file of that name
+                                      ("postgresql:/fleet", "looks like a database URL"),
+                                      ("postgres:fleet", "looks like a database URL"),
+                                      ("postgresql//u:secret@h/fleet", "looks like a database URL"),
+                                      ("postgresql+psycopg;//h/fleet", "looks like a database URL"),
+                                      ("sqlite:h.db", "looks like a database URL")])
 def test_a_database_that_would_keep_nothing_or_is_no_url_is_refused(tmp_path, series, db, said):
     message = _one_line(run_cli("collect", "--db", db, "--from-file", series[FIRST],
                                 cwd=tmp_path, env={"PFHISTORY_DB": str(tmp_path / "env.db")}))

@@ -395,6 +395,11 @@ def test_bad_inputs_write_nothing(tmp_path, small_series):
     line = _one_sentence(run_cli("collect", "--db", f"postgresql+pg8000://nobody@/x?host={nowhere}",
                                  "--from-file", good))
     assert "no driver for 'postgresql'" in line and "pfhistory[postgresql]" in line
+    assert line.endswith("which postgresql:// uses, not pg8000")
+    # postgres:// (libpq's scheme) is read as postgresql://: it reaches the connection.
+    line = _one_sentence(run_cli("collect", "--db", f"postgres://nobody@/x?host={nowhere}",
+                                 "--from-file", good))
+    assert "cannot connect to the database" in line and str(nowhere) in line
     line = _one_sentence(run_cli("collect", "--db", f"postgresql://nobody@/x?host={nowhere}",
                                  "--from-file", good))
     assert "cannot connect to the database" in line and str(nowhere) in line
