@@ -1280,6 +1280,19 @@ def batches_between(conn, since, until):
         .order_by(c.id))]
 
 
+def recorders_between(conn, since, until):
+    """Who recorded the collections in [since, until], oldest first: (kind (0
+    snapshots, 1 pfsync batches), host, creatorid or None, how many, first and
+    last collected_at) per kind, host and the most common creatorid."""
+    c = Collection
+    return [tuple(r) for r in conn.execute(
+        select(c.kind, c.host, c.creatorid, func.count(), func.min(c.collected_at),
+               func.max(c.collected_at))
+        .where(c.collected_at >= since, c.collected_at <= until)
+        .group_by(c.kind, c.host, c.creatorid)
+        .order_by(func.min(c.collected_at), c.kind, c.host, c.creatorid))]
+
+
 def collection_neighbours(conn, since, until):
     """collected_at of the newest collection before since and of the oldest after
     until (None where there is none), and the id of the history's first."""

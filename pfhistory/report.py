@@ -113,6 +113,7 @@ def build_report(conn, since, until, database="", top=TOP, now=None):
     batches = queries.batches_between(conn, since, until)
     before, after, first_id = queries.collection_neighbours(conn, since, until)
     rep.sections.append(_coverage(colls, since, until, before, after, batches))
+    _recorded_by(rep.sections[-1], queries.recorders_between(conn, since, until))
     if not colls and not batches:
         return rep
     b = _Builder(conn, rep, colls, batches, since, until, first_id, top)
@@ -120,6 +121,29 @@ def build_report(conn, since, until, database="", top=TOP, now=None):
     b.top_lists()
     b.odd()
     return rep
+
+
+def _recorded_by(sec, recorders):
+    """Which machine and which pf (its creatorid) the period's collections came
+    from: the report of one firewall's history names that firewall, and a
+    creatorid that changed says pf restarted, or that another table got in."""
+    if not recorders:
+        return
+    sec.tables.append(Table(
+        "recorded_by", "Recorded from",
+        ["source", "host", "creatorid", "collections", "first", "last"],
+        ["text", "text", "text", "int", "time", "time"],
+        [("pfsync" if kind else "snapshots", host,
+          None if cid is None else f"{cid:08x}", n, first, last)
+         for kind, host, cid, n, first, last in recorders],
+        note="creatorid: the pf that created most of a collection's states "
+             "(pf_status.hostid, new at each boot unless pf.conf sets one)"))
+    snapshot_ids = {cid for kind, _h, cid, *_ in recorders if kind == 0 and cid is not None}
+    if len(snapshot_ids) > 1:
+        sec.lines.append(
+            f"The snapshots of this period are of {len(snapshot_ids)} creatorids: pf was "
+            f"restarted (a reboot), or another firewall's table was recorded into this "
+            f"history, which cannot keep two firewalls apart (one history per firewall).")
 
 
 def _coverage(colls, since, until, before, after, batches=()):

@@ -821,3 +821,42 @@ def test_states_seen_counts_a_state_that_came_back_only_where_it_was_seen(tmp_pa
                            (START + timedelta(minutes=last)).isoformat())
         seen = dict(_tables(doc)["overview"])["states seen"]
         assert seen == len(set().union(*present[first:last + 1])), (first, last)
+
+
+def test_the_report_names_who_recorded_the_period(recorded, mixed):
+    """Coverage names the machine and the pf (creatorid) of the period's collections:
+    the snapshots of the simulated firewall, then the pfsync batches of the other one,
+    counted from the collections as recorded, not from the table being reported."""
+    import socket
+
+    db, cfg = mixed
+    snapshots = len(recorded[3])
+    until = PFSYNC_START + timedelta(minutes=PFSYNC_MINUTES)
+    batches = _sql(db, "SELECT count(*), min(collected_at), max(collected_at) FROM collections "
+                       "WHERE kind = 1")[0]
+    doc = _report_json(db, SINCE, until.isoformat())
+    tables = {t["key"]: t for s in doc["sections"] for t in s["tables"]}
+    host = socket.gethostname()
+    assert tables["recorded_by"]["rows"] == [
+        ["snapshots", host, "1a2b3c4d", snapshots, int(START.timestamp()),
+         int(SCAN_AT.timestamp())],
+        ["pfsync", host, f"{PFSYNC_ID:08x}", *batches]]
+    coverage = next(s for s in doc["sections"] if s["key"] == "coverage")
+    assert not any("creatorids" in line for line in coverage["lines"])
+    # The snapshot after midnight, of a table pf restarted with another hostid, makes two.
+    later = recorded[3][-1][1].read_bytes()
+    restarted = bytearray(later)
+    for i in range(0, len(restarted), R):
+        struct.pack_into(">I", restarted, i + 236, 0x5EED0002)        # creatorid
+    path = db.parent / "restarted.pfstate"
+    write_state_file(path, [bytes(restarted)], mtime=(START + timedelta(hours=2, minutes=2))
+                     .timestamp())
+    copy = db.parent / "restarted.db"
+    copy.write_bytes(db.read_bytes())
+    assert run_cli("collect", "--db", copy, "--from-file", path).returncode == 0
+    doc = _report_json(copy, SINCE, (START + timedelta(hours=3)).isoformat())
+    coverage = next(s for s in doc["sections"] if s["key"] == "coverage")
+    assert [line for line in coverage["lines"] if "creatorids" in line] == [
+        "The snapshots of this period are of 2 creatorids: pf was restarted (a reboot), or "
+        "another firewall's table was recorded into this history, which cannot keep two "
+        "firewalls apart (one history per firewall)."]
