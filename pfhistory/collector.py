@@ -545,23 +545,34 @@ def record_snapshot(engine, snapshot, host=None, sample_retention=DEFAULT_SAMPLE
                 f"{snapshot.origin}: taken at {_iso(snapshot.collected_at)}, the time of the "
                 f"newest collection, but the table differs from the one recorded then; "
                 f"the history only moves forward, so it is refused")
-        if recorder.open_before and not recorder.matched and summary["reopened"]:
-            # A firewall's next table keeps some of its states (or, after a reboot or
-            # pfctl -F states, has only new ones); it does not bring back states that
-            # ended while dropping every open one. Another firewall's table does, when
-            # two record into one history: each would close the other's states.
+        if (recorder.open_before and not recorder.matched and summary["reopened"]
+                and newest is not None and _flipped_back(queries.collection_tallies(
+                    conn, newest[0]))):
+            # A table that keeps none of the open states yet brings back ended ones
+            # swaps the history's table for an earlier one. A firewall's own may do
+            # that once (a CARP member that rebooted gets its states back from its
+            # peer after its first, near-empty table); twice in a row is two firewalls
+            # taking turns in one history, each closing the other's states.
             raise PFError(
                 f"{snapshot.origin}: none of the {recorder.open_before} states open in "
                 f"the history is in this snapshot (creatorid "
                 f"{summary['creatorid']:08x}), yet {summary['reopened']} that had ended "
-                f"are: the tables of two firewalls recorded into one history? Each "
-                f"firewall needs a history of its own (--db); nothing recorded")
+                f"are, as in the snapshot before it: the tables of two firewalls recorded "
+                f"into one history? Each firewall needs a history of its own (--db); "
+                f"nothing recorded")
         expire_samples(conn, snapshot.collected_at - sample_retention)
         summary["duration_ms"] = int((time.monotonic() - started) * 1000)
         queries.finish_collection(conn, collection_id, summary)
     summary.pop("creatorid")
     return CollectionResult(collection_id=collection_id,
                             collected_at=snapshot.collected_at, **summary)
+
+
+def _flipped_back(tallies):
+    """Whether a collection's tallies say it kept none of the open states (it
+    closed some, and its states were all new or reopened) and reopened some."""
+    states, inserted, reopened, closed = tallies
+    return reopened > 0 and closed > 0 and states == inserted + reopened
 
 
 def expire_samples(conn, before_at, max_batches=50):

@@ -183,6 +183,13 @@ def latest_collection(conn, kind=None):
     return tuple(row) if row else None
 
 
+def collection_tallies(conn, collection_id):
+    """(states, inserted, reopened, closed) of one collection."""
+    c = Collection
+    return tuple(conn.execute(select(c.states, c.inserted, c.reopened, c.closed)
+                              .where(c.id == collection_id)).one())
+
+
 def next_ids(conn):
     """The next free ids of collections, states and addresses."""
     return tuple(

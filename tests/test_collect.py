@@ -576,11 +576,12 @@ def test_an_sqlite_allowing_999_parameters_records_the_same_history(small_series
     assert [tuple(r) for r in mine.execute(log)] == [tuple(r) for r in theirs.execute(log)]
 
 
-def test_two_firewalls_into_one_history_are_stopped_at_the_first_flip_back(tmp_path):
-    """Firewall B's table recorded after A's closes all of A's states (as a reboot
-    would: nothing tells them apart yet); A's next table then brings back states that
-    had ended while none of B's open ones is in it, which no firewall's own next table
-    does. That collection is refused whole, and the administrator told why."""
+def test_two_firewalls_taking_turns_in_one_history_are_stopped(tmp_path):
+    """Firewall B's table recorded after A's closes all of A's states, as a reboot
+    would; A's next table then brings them back while keeping none of B's, as a CARP
+    member's table does once after a reboot. When B's next table does the same in
+    turn, no firewall's own tables would: that collection is refused whole, and the
+    administrator told why."""
     from datetime import timedelta
 
     from conftest import START
@@ -594,25 +595,49 @@ def test_two_firewalls_into_one_history_are_stopped_at_the_first_flip_back(tmp_p
     a = firewall("a", 1, 0x0A0A0A0A, 0)
     b = firewall("b", 2, 0x0B0B0B0B, 30)
     db = tmp_path / "h.db"
-    result = run_cli("collect", "--db", db, "--from-file", a[0], b[0], a[1], b[1])
+    result = run_cli("collect", "--db", db, "--from-file", a[0], b[0], a[1], b[1], a[2])
     assert result.returncode == 1
     assert result.stderr == (
-        f"pfhistory: {a[1]}: none of the {_open_states(b[0])} states open in the history is "
-        f"in this snapshot (creatorid 0a0a0a0a), yet {_open_states(a[0]) - _gone(a)} that "
-        f"had ended are: the tables of two firewalls recorded into one history? Each "
-        f"firewall needs a history of its own (--db); nothing recorded\n")
+        f"pfhistory: {b[1]}: none of the {_open_states(a[1])} states open in the history is "
+        f"in this snapshot (creatorid 0b0b0b0b), yet {_open_states(b[0]) - _gone(b)} that "
+        f"had ended are, as in the snapshot before it: the tables of two firewalls recorded "
+        f"into one history? Each firewall needs a history of its own (--db); nothing "
+        f"recorded\n")
+    a0, b0, a1 = _open_states(a[0]), _open_states(b[0]), _open_states(a[1])
+    back = a0 - _gone(a)
     con = _db(db)
     assert [tuple(r) for r in con.execute("SELECT states, inserted, closed, reopened "
                                           "FROM collections ORDER BY id")] == [
-        (_open_states(a[0]), _open_states(a[0]), 0, 0),
-        (_open_states(b[0]), _open_states(b[0]), _open_states(a[0]), 0)]
+        (a0, a0, 0, 0), (b0, b0, a0, 0), (a1, a1 - back, b0, back)]
     con.close()
     # Each firewall into its own history: no complaint, the same tables.
     for name, files in (("a", a), ("b", b)):
         own = run_cli("collect", "--db", tmp_path / f"{name}.db", "--from-file", *files)
         assert own.returncode == 0, own.stderr
-    # One firewall's own tables never trip it, its reboot (all states new) neither.
-    assert run_cli("collect", "--db", tmp_path / "a.db", "--from-file", b[2]).returncode == 0
+
+
+def test_a_carp_member_that_rebooted_gets_its_states_back(tmp_path):
+    """A rebooted member's first table holds only a state of its new boot (pf's new
+    hostid): every open state is closed. Its peer's bulk update then brings them
+    back, while that first state has ended: a table that keeps none of the open
+    states and reopens ended ones, once. It is recorded, and so are the next."""
+    t0 = 1_795_000_000
+    old = [_tcp(i, 5) for i in range(5)]
+    boot = build_state(wire=Key("192.0.2.9", 53, "10.0.0.9", 5353), id=1 << 40, ifname=b"em0",
+                       direction=pf.PF_OUT, proto=17, packets=(1, 1), bytes_=(60, 60),
+                       creation=5, expire=30, creatorid=0x99)
+    files = [_write(tmp_path / "0.pf", old, t0),
+             _write(tmp_path / "1.pf", [boot], t0 + 60),
+             _write(tmp_path / "2.pf", [_tcp(i, 9) for i in range(6)], t0 + 120),
+             _write(tmp_path / "3.pf", [_tcp(i, 12) for i in range(6)], t0 + 180)]
+    db = tmp_path / "h.db"
+    result = run_cli("collect", "--db", db, "--from-file", *files)
+    assert result.returncode == 0, result.stderr
+    con = _db(db)
+    assert [tuple(r) for r in con.execute("SELECT states, inserted, closed, reopened "
+                                          "FROM collections ORDER BY id")] == [
+        (5, 5, 0, 0), (1, 1, 5, 0), (6, 1, 1, 5), (6, 0, 0, 0)]
+    con.close()
 
 
 def _open_states(path):
