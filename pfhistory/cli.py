@@ -800,7 +800,7 @@ def _explain_at(history, given, at):
         if not times:
             raise PFError("the history holds no collections yet")
         raise PFError(f"--at {given}: before the history, which starts at "
-                      f"{format_time(times[0][1])}")
+                      f"{format_time(min(at for _id, at in times))}")
     gap = (at - found[1]).total_seconds()
     if gap > _AT_GAP_S:
         print(f"{PROG}: --at {given}: no collection in the {format_duration(int(gap))} "

@@ -90,9 +90,10 @@ def resolve_url(db=None):
     return url
 
 
-# Text that starts like a database URL (a backend's name, then ":", ";" or "/")
-# but has no "://".
-_URL_LIKE = re.compile(r"(?i)(postgres(ql)?|sqlite|mysql|mariadb|oracle|mssql)(\+[\w.]+)?[:;/]")
+# Text that starts like a database URL (a backend's name, then ":", ";" or "//")
+# but has no "://"; "sqlite/h.db" is a file in a directory of that name.
+_URL_LIKE = re.compile(r"(?i)(postgres(ql)?|sqlite|mysql|mariadb|oracle|mssql)(\+[\w.]+)?"
+                       r"(:|;|//)")
 
 
 def _without_password(text):

@@ -141,9 +141,11 @@ def _recorded_by(sec, recorders):
     snapshot_ids = {cid for kind, _h, cid, *_ in recorders if kind == 0 and cid is not None}
     if len(snapshot_ids) > 1:
         sec.lines.append(
-            f"The snapshots of this period are of {len(snapshot_ids)} creatorids: pf was "
-            f"restarted (a reboot), or another firewall's table was recorded into this "
-            f"history, which cannot keep two firewalls apart (one history per firewall).")
+            f"Most states of the period's snapshots were created by {len(snapshot_ids)} "
+            f"pfs (creatorids): the other member of a CARP pair took over creating states "
+            f"(pfsync brings them to both tables), pf was restarted (a reboot), or another "
+            f"firewall's table was recorded into this history, which cannot keep two "
+            f"firewalls apart (one history per firewall).")
 
 
 def _coverage(colls, since, until, before, after, batches=()):

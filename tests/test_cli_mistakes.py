@@ -122,6 +122,15 @@ def test_a_database_that_would_keep_nothing_or_is_no_url_is_refused(tmp_path, se
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("relative", ["sqlite/h.db", "Postgres/fw1.db", "postgresql.db"])
+def test_a_relative_path_named_like_a_backend_is_a_file(tmp_path, series, relative):
+    """Only a backend's name followed by ':', ';' or '//' looks like a URL mistyped:
+    a directory called sqlite or postgres holds SQLite files like any other."""
+    result = run_cli("collect", "--db", relative, "--from-file", series[FIRST], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / relative).stat().st_size > 0
+
+
 def _with_a_foreign_record_at_the_end(good, path):
     """good's records, then one that no kernel exports (af 165): found only by
     reading the whole file."""

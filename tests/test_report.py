@@ -842,7 +842,7 @@ def test_the_report_names_who_recorded_the_period(recorded, mixed):
          int(SCAN_AT.timestamp())],
         ["pfsync", host, f"{PFSYNC_ID:08x}", *batches]]
     coverage = next(s for s in doc["sections"] if s["key"] == "coverage")
-    assert not any("creatorids" in line for line in coverage["lines"])
+    assert not any("(creatorids)" in line for line in coverage["lines"])
     # The snapshot after midnight, of a table pf restarted with another hostid, makes two.
     later = recorded[3][-1][1].read_bytes()
     restarted = bytearray(later)
@@ -856,7 +856,8 @@ def test_the_report_names_who_recorded_the_period(recorded, mixed):
     assert run_cli("collect", "--db", copy, "--from-file", path).returncode == 0
     doc = _report_json(copy, SINCE, (START + timedelta(hours=3)).isoformat())
     coverage = next(s for s in doc["sections"] if s["key"] == "coverage")
-    assert [line for line in coverage["lines"] if "creatorids" in line] == [
-        "The snapshots of this period are of 2 creatorids: pf was restarted (a reboot), or "
-        "another firewall's table was recorded into this history, which cannot keep two "
-        "firewalls apart (one history per firewall)."]
+    assert [line for line in coverage["lines"] if "(creatorids)" in line] == [
+        "Most states of the period's snapshots were created by 2 pfs (creatorids): the other "
+        "member of a CARP pair took over creating states (pfsync brings them to both tables), "
+        "pf was restarted (a reboot), or another firewall's table was recorded into this "
+        "history, which cannot keep two firewalls apart (one history per firewall)."]

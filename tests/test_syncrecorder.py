@@ -496,3 +496,18 @@ def test_seq_gt_in_sql_is_the_kernels_rule():
         want = 0 < ((a - b) & 0xFFFFFFFF) < 2**31
         got = con.execute("SELECT " + _SEQ_GT.format(a=a, b=b)).fetchone()[0]
         assert bool(got) == want, (a, b)
+
+
+def test_show_at_before_the_history_names_its_earliest_collection(history, tmp_path):
+    """A snapshot read before the first pfsync batch and recorded after it is the
+    history's earliest collection, though not its first by id: --at before the
+    history names its time."""
+    engine, path = history
+    feed(engine, (T0 + 40, dgram((pfsync.ACT_INS, rec(1, creation=0)))))
+    snapshot(engine, tmp_path, T0, [rec(2)])
+    start = datetime.fromtimestamp(T0, timezone.utc).astimezone().isoformat()
+    result = run_cli("show", "--db", path, "--at", "2026-11-24T21:59:59Z")
+    assert result.returncode == 1
+    assert result.stderr == (f"pfhistory: --at 2026-11-24T21:59:59Z: before the history, "
+                             f"which starts at {start}\n")
+    assert run_cli("show", "--db", path, "--at", "2026-11-24T22:00:10Z").stdout != ""
