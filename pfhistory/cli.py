@@ -461,7 +461,9 @@ def _snapshots(args):
             raise PFError(live.NOT_OPENBSD + " (--from-file PATH)")
         # A device it cannot open (not root) is refused before a database is made.
         live.check_device()
-        snapshots = [Snapshot(None, at if at is not None else now, live.DEFAULT_DEVICE)]
+        # Without --at, dated when read: after any wait for the write lock.
+        snapshots = [Snapshot(None, at if at is not None else now, live.DEFAULT_DEVICE,
+                              dated_when_read=at is None)]
     elif at is not None and len(args.from_file) > 1:
         raise PFError("--at gives one time; record one state file with it")
     else:

@@ -10,6 +10,7 @@ collection log. A snapshot older than the newest collection is refused, and
 so is a different one of the same time: the history only moves forward.
 """
 
+import dataclasses
 import socket
 import threading
 import time
@@ -56,10 +57,11 @@ _EXPIRE_BATCH = 20000
 # How far a snapshot's (or a capture's) time may run ahead of this machine's clock:
 # clocks of a firewall and of the host reading its files differ a little.
 FUTURE_SLACK_S = 300
-# How far a snapshot may be older than the newest pfsync batch: cron's collector
-# reads the table, then waits for the write lock and records it while the listener
-# goes on recording batches (seconds; --wait bounds the lock). A snapshot older
-# than this is not that race but an older table, as an older snapshot is.
+# How far a snapshot may be older than the newest pfsync batch. A live table is
+# dated once the write lock is held, then read; a listener's batches dated after
+# that wait for the collection. A state file (pfctl -S, then collect) is dated by
+# its mtime and may be recorded seconds later, while batches go on. A snapshot
+# older than this is not that race but an older table, as an older snapshot is.
 SNAPSHOT_BEHIND_PFSYNC_S = 300
 
 
@@ -83,6 +85,9 @@ class Snapshot:
     source: object          # a state file path, or None for the live /dev/pf
     collected_at: int       # epoch seconds, UTC
     origin: str             # shown in the collections table
+    # The live table is dated when it is read, once the write lock is held (a
+    # collector may wait for it): collected_at is only the time asked for until then.
+    dated_when_read: bool = False
 
 
 @dataclass
@@ -498,6 +503,8 @@ def record_snapshot(engine, snapshot, host=None, sample_retention=DEFAULT_SAMPLE
     started = time.monotonic()
     host = host or socket.gethostname()
     with cyclic_gc_paused(), write_transaction(engine) as conn:
+        if snapshot.dated_when_read:
+            snapshot = dataclasses.replace(snapshot, collected_at=int(time.time()))
         newest = queries.latest_collection(conn, kind=0)
         if newest is not None and snapshot.collected_at < newest[1]:
             raise OlderSnapshotError(

@@ -648,3 +648,42 @@ def _gone(files):
     """States of the first table that are not in the second (they ended)."""
     first = {s.id for s in pf.parse_states(files[0].read_bytes())}
     return len(first - {s.id for s in pf.parse_states(files[1].read_bytes())})
+
+
+def test_a_live_table_is_dated_when_read_after_waiting_for_the_lock(tmp_path):
+    """A live collection that waits for another writer's lock reads /dev/pf only
+    then; it is dated then too, so its states' created_at (the time minus their
+    age) stays right. A state file stands in for /dev/pf here: the dating is the
+    collector's, whatever the source."""
+    import threading
+    import time
+
+    from pfhistory import collector, db as dbmod
+
+    t0 = 1_795_000_000
+    db = tmp_path / "h.db"
+    assert run_cli("collect", "--db", db, "--from-file",
+                   _write(tmp_path / "0.pf", [_tcp(0, 1)], t0)).returncode == 0
+    live = _write(tmp_path / "live.pf", [_tcp(0, 2), _tcp(1, 1)], t0 + 60)
+    holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    released = threading.Timer(2.0, holder.execute, ("COMMIT",))
+    url = dbmod.resolve_url(str(db))
+    engine = dbmod.open_engine(url)
+    asked = int(time.time())
+    released.start()
+    try:
+        result = collector.record_snapshot(engine, collector.Snapshot(
+            live, asked, "/dev/pf", dated_when_read=True))
+    finally:
+        released.join()
+        engine.dispose()
+        holder.close()
+    assert result.collected_at >= asked + 2
+    con = _db(db)
+    assert con.execute("SELECT collected_at FROM collections WHERE id = 2").fetchone()[0] == \
+        result.collected_at
+    # _tcp's states are 10 s old when read.
+    assert con.execute("SELECT created_at FROM states WHERE state_id = 2").fetchone()[0] == \
+        result.collected_at - 10
+    con.close()
