@@ -622,7 +622,8 @@ def _why_kept(engine, before, pruned):
     given = format_epoch(before)
     if waiting:
         return (f"; {waiting} states that ended by {given} are kept until their hour, "
-                f"once complete, is in the rollups (the next collect, or pfhistory rollup)")
+                f"once complete, is in the rollups (the next collect or listen batch, or "
+                f"pfhistory rollup)")
     if pruned:
         return ""
     if oldest is None:
@@ -706,7 +707,10 @@ def _add_show(sub):
                "  pfhistory show --at 2h -vv                 # the table two hours ago\n",
     )
     _add_db_option(p)
-    p.add_argument("--at", metavar="TIME", help="the table as of the collection at or before TIME")
+    p.add_argument("--at", metavar="TIME",
+                   help="the table as of the collection at or before TIME (a TIME before "
+                        "the history is refused; one more than 5 minutes after that "
+                        "collection is named on stderr)")
     p.add_argument("--since", metavar="TIME", help="states alive at or after TIME")
     p.add_argument("--until", metavar="TIME", help="states alive at or before TIME")
     p.add_argument("--host", metavar="ADDR|CIDR", help="any endpoint on either key (NAT too)")
