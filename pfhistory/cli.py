@@ -701,9 +701,9 @@ def _add_show(sub):
                     "(local time unless an offset is given) or durations back from now "
                     "(90m, 2h, 3d).",
         epilog="Examples:\n"
-               "  pfhistory show --host 10.0.0.23 --since 2026-11-24T22:10Z --until 2026-11-24T22:20Z\n"
-               "  pfhistory show --nat --host 203.0.113.7 --port 51234 --at 2026-11-24T22:30Z\n"
-               "  pfhistory show --port 3389 --open --format json\n"
+               "  pfhistory show --host 10.0.1.10 --since 2026-11-24T22:10Z --until 2026-11-24T22:20Z\n"
+               "  pfhistory show --nat --host 203.0.113.1 --port 50698 --at 2026-11-24T22:30Z\n"
+               "  pfhistory show --port 22 --open --format json\n"
                "  pfhistory show --at 2h -vv                 # the table two hours ago\n",
     )
     _add_db_option(p)
