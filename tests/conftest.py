@@ -1,6 +1,7 @@
 """Shared test data: simulated firewalls written once per test session."""
 
 import os
+import sqlite3
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -35,6 +36,15 @@ def run_cli(*args, env=None, input=None, cwd=None):
     return subprocess.run([sys.executable, "-m", "pfhistory", *map(str, args)],
                           capture_output=True, text=True, env=full_env, input=input,
                           cwd=cwd, timeout=600)
+
+
+def foreign_database(path, table="notes (body TEXT)"):
+    """Another application's SQLite file: one table of its own, no pfhistory schema."""
+    con = sqlite3.connect(path)
+    con.execute(f"CREATE TABLE {table}")
+    con.commit()
+    con.close()
+    return path
 
 
 def simulated(out, states, duration, seed, creatorid=0x1A2B3C4D, missing=(), truth=True):

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import run_cli
+from conftest import foreign_database, run_cli
 
 FIRST, SECOND = 0, 1
 
@@ -37,8 +37,8 @@ def _one_line(result, code=1):
 
 def _foreign(path):
     """Another application's SQLite file, readable by all, in rollback mode."""
+    foreign_database(path)
     con = sqlite3.connect(path)
-    con.execute("CREATE TABLE notes (body TEXT)")
     con.execute("INSERT INTO notes VALUES ('mine')")
     con.commit()
     con.close()

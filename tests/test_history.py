@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from conftest import run_cli, simulated
+from conftest import foreign_database, run_cli, simulated
 from golden_records import Key, Peer, build_state
 from pfhistory import pf
 from pfhistory.exceptions import PFError
@@ -402,11 +402,7 @@ def test_missing_empty_and_foreign_databases(tmp_path):
     empty = tmp_path / "empty.db"
     sqlite3.connect(empty).close()
     assert "empty" in _one_sentence(run_cli("show", "--db", empty))
-    other = tmp_path / "other.db"
-    con = sqlite3.connect(other)
-    con.execute("CREATE TABLE t (x)")
-    con.commit()
-    con.close()
+    other = foreign_database(tmp_path / "other.db", "t (x)")
     assert "not a pfhistory database" in _one_sentence(run_cli("show", "--db", other))
     with pytest.raises(PFError):
         History(str(other))

@@ -8,7 +8,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from conftest import run_cli
+from conftest import foreign_database, run_cli
 from pfhistory import db
 from pfhistory.models import Base
 
@@ -112,11 +112,7 @@ def test_the_head_known_without_alembic_is_alembics(tmp_path):
 
 
 def test_a_database_that_is_not_pfhistorys(tmp_path, small_series):
-    path = tmp_path / "other.db"
-    con = sqlite3.connect(path)
-    con.execute("CREATE TABLE customers (id INTEGER)")
-    con.commit()
-    con.close()
+    path = foreign_database(tmp_path / "other.db", "customers (id INTEGER)")
     result = run_cli("collect", "--db", path, "--from-file", small_series.snapshots[0][1])
     assert result.returncode == 1 and "is not a pfhistory database" in result.stderr
     junk = tmp_path / "junk.db"
@@ -146,11 +142,7 @@ def test_a_database_that_is_not_pfhistorys(tmp_path, small_series):
 
 
 def test_db_upgrade_refuses_a_foreign_database(tmp_path):
-    other = tmp_path / "other.db"
-    con = sqlite3.connect(other)
-    con.execute("CREATE TABLE customers (id INTEGER)")
-    con.commit()
-    con.close()
+    other = foreign_database(tmp_path / "other.db", "customers (id INTEGER)")
     result = run_cli("db", "upgrade", "--db", other)
     assert result.returncode == 1 and "is not a pfhistory database" in result.stderr
     con = sqlite3.connect(other)

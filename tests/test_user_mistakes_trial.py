@@ -4,7 +4,6 @@ or told confusingly. Real files, the real CLI, no mocks."""
 
 import os
 import re
-import sqlite3
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import foreign_database, run_cli
 from pfhistory.exceptions import PFError
 from pfhistory.history import History
 from pfhistory.statefile import RECORD_SIZE
@@ -177,11 +176,7 @@ def test_a_report_of_one_instant_is_the_table_then(history_db, period):
 
 
 def test_db_current_refuses_another_applications_database(tmp_path, history_db):
-    theirs = tmp_path / "theirs.db"
-    con = sqlite3.connect(theirs)
-    con.execute("CREATE TABLE notes (body TEXT)")
-    con.commit()
-    con.close()
+    theirs = foreign_database(tmp_path / "theirs.db")
     before = theirs.read_bytes()
     result = run_cli("db", "current", "--db", theirs)
     message = _one_line(result)
