@@ -63,6 +63,9 @@ FUTURE_SLACK_S = 300
 # its mtime and may be recorded seconds later, while batches go on. A snapshot
 # older than this is not that race but an older table, as an older snapshot is.
 SNAPSHOT_BEHIND_PFSYNC_S = 300
+# The way out an older snapshot's refusal names.
+_OLDER_REFUSED = ("the history only moves forward, so older snapshots are refused (record "
+                  "them into a history of their own with --db)")
 
 
 def refuse_future(origin, at, dated):
@@ -509,16 +512,13 @@ def record_snapshot(engine, snapshot, host=None, sample_retention=DEFAULT_SAMPLE
         if newest is not None and snapshot.collected_at < newest[1]:
             raise OlderSnapshotError(
                 f"{snapshot.origin}: taken at {_iso(snapshot.collected_at)}, before the newest "
-                f"collection ({_iso(newest[1])}); the history only moves forward, so "
-                f"older snapshots are refused (record them into a history of their own "
-                f"with --db)")
+                f"collection ({_iso(newest[1])}); {_OLDER_REFUSED}")
         batch = queries.latest_collection(conn, kind=1)
         if batch is not None and snapshot.collected_at < batch[1] - SNAPSHOT_BEHIND_PFSYNC_S:
             raise OlderSnapshotError(
                 f"{snapshot.origin}: taken at {_iso(snapshot.collected_at)}, more than "
                 f"{SNAPSHOT_BEHIND_PFSYNC_S // 60} minutes before the newest pfsync batch "
-                f"({_iso(batch[1])}); the history only moves forward, so older snapshots "
-                f"are refused (record them into a history of their own with --db)")
+                f"({_iso(batch[1])}); {_OLDER_REFUSED}")
         # A state this snapshot lacks was last seen by the snapshot before it, or by the
         # pfsync batch that first reported it if that came later (close_states).
         prev = newest
